@@ -1,0 +1,109 @@
+"""The one small model interface: a frozen request in, a completion out.
+
+Caching, recording, retries and validation wrap a :class:`ChatModel`; a backend only talks to its
+engine. What the endpoint is (base URL, key) is kept apart from what the model supports
+(:class:`OutputMode`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class OutputMode(str, Enum):
+    """How a backend is asked for structured output."""
+
+    JSON_SCHEMA = "json_schema"  # OpenAI structured output, strict (or a grammar built from the schema)
+    JSON_OBJECT = "json_object"  # JSON mode; the schema goes into the prompt
+    PLAIN = "plain"  # no constraint; the schema goes into the prompt
+
+
+class Message(BaseModel):
+    """One chat message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """Everything that can change an answer, as one frozen value (its hash is the cache key)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    endpoint: str = Field(description="endpoint identity: 'local:<file sha256>' or the base URL host; never a key")
+    messages: tuple[Message, ...]
+    json_schema: dict[str, Any] | None = None
+    schema_name: str = "output"
+    output_mode: OutputMode = OutputMode.JSON_SCHEMA
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    seed: int | None = 0
+    prompt_id: str = ""
+    prompt_hash: str = ""
+
+    def key(self) -> str:
+        """sha256 of the canonical JSON of the request: the cache and recording key."""
+        payload = self.model_dump(mode="json")
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def with_messages(self, messages: tuple[Message, ...]) -> ChatRequest:
+        """A copy with other messages (re-asks never mutate the caller's request)."""
+        return self.model_copy(update={"messages": messages})
+
+
+class Usage(BaseModel):
+    """Token counts of one completion."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Completion(BaseModel):
+    """What a backend returns: the raw text, why it stopped, and the tokens used."""
+
+    model_config = ConfigDict(frozen=True)
+
+    content: str
+    finish_reason: str = "stop"
+    usage: Usage = Usage()
+    model: str = ""
+    cached: bool = False
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """A backend: one method that sends one request to one engine."""
+
+    @property
+    def name(self) -> str:
+        """The model id reported in manifests."""
+        ...
+
+    @property
+    def endpoint(self) -> str:
+        """Endpoint identity for cache keys (never a key or secret)."""
+        ...
+
+    @property
+    def output_mode(self) -> OutputMode:
+        """The structured-output mode this backend supports best."""
+        ...
+
+    def complete(self, request: ChatRequest) -> Completion:
+        """Send one request; raise a :class:`~quallm.errors.ModelError` on failure."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in this model's own tokenizer."""
+        ...
