@@ -1,0 +1,95 @@
+"""Inter-coder agreement: how far the machine's coding (and each human's) agrees with the others.
+
+Three layers:
+
+* :mod:`~quallm.agreement.metrics`: coefficients over a units x coders table of labels (``None``
+  for "no value"): :func:`percent_agreement`, :func:`cohen_kappa` (optionally weighted),
+  :func:`fleiss_kappa`, :func:`krippendorff_alpha` (nominal/ordinal/interval/ratio),
+  :func:`gwet_ac1`, and :func:`precision_recall_f1` on binary presence. Each returns
+  ``float | None``; ``None`` means undefined (never NaN).
+* :mod:`~quallm.agreement.units`: units of analysis (``turn``, ``sentence``, ``transcript``) built
+  from transcripts, and which codings mark which units (:func:`mark_units`, :func:`locate_quote`).
+* :func:`reconcile`: per code and pooled (micro and macro) agreement for every pair of coders and
+  across all coders, with percentile-bootstrap CIs over transcripts, the disagreements to review,
+  and the issues met; :func:`write_agreement` writes it as JSON and CSV, :func:`format_report` as
+  text. :func:`read_human_csv` imports human codings to compare against.
+
+Typical use::
+
+    human, problems = read_human_csv("human.csv", transcripts, codebook_codes)
+    report = reconcile(transcripts, machine_codings + human, codebook_codes, unit="turn")
+    write_agreement(report, "runs/agreement")
+"""
+
+from quallm.agreement.human_csv import read_human_csv
+from quallm.agreement.metrics import (
+    AgreementInputError,
+    PrecisionRecall,
+    cohen_kappa,
+    fleiss_kappa,
+    gwet_ac1,
+    krippendorff_alpha,
+    percent_agreement,
+    precision_recall_f1,
+)
+from quallm.agreement.reconcile import (
+    POOLED_MACRO,
+    POOLED_MICRO,
+    AgreementReport,
+    Disagreement,
+    Estimate,
+    GroupCodeStats,
+    GroupReport,
+    PairCodeStats,
+    PairReport,
+    disagreements,
+    is_machine_coder,
+    reconcile,
+)
+from quallm.agreement.units import (
+    MarkedUnits,
+    Unit,
+    UnitKind,
+    build_units,
+    find_quote,
+    locate_quote,
+    mark_units,
+    split_sentences,
+)
+from quallm.agreement.writers import format_estimate, format_report, format_value, write_agreement
+
+__all__ = [
+    "POOLED_MACRO",
+    "POOLED_MICRO",
+    "AgreementInputError",
+    "AgreementReport",
+    "Disagreement",
+    "Estimate",
+    "GroupCodeStats",
+    "GroupReport",
+    "MarkedUnits",
+    "PairCodeStats",
+    "PairReport",
+    "PrecisionRecall",
+    "Unit",
+    "UnitKind",
+    "build_units",
+    "cohen_kappa",
+    "disagreements",
+    "find_quote",
+    "fleiss_kappa",
+    "format_estimate",
+    "format_report",
+    "format_value",
+    "gwet_ac1",
+    "is_machine_coder",
+    "krippendorff_alpha",
+    "locate_quote",
+    "mark_units",
+    "percent_agreement",
+    "precision_recall_f1",
+    "read_human_csv",
+    "reconcile",
+    "split_sentences",
+    "write_agreement",
+]

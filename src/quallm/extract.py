@@ -1,0 +1,394 @@
+"""The extraction pipeline: units -> model -> validate -> ground -> merge, per transcript.
+
+Two coding strategies produce the same :class:`~quallm.codings.Coding` values:
+
+* ``turn`` (per-unit classification): one call per coded turn, the codebook as an identical system
+  prefix (so llama.cpp and providers reuse its KV cache), the preceding question as context, at most a
+  few codes; suits small local models.
+* ``chunk`` (whole-chunk extraction): numbered segments in, codes with segment ids and quotes out; suits
+  strong remote models and sends fewer tokens per transcript token.
+
+``auto`` picks ``turn`` for in-process local models and ``chunk`` otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from quallm.chunking import Chunk, Segment, chunk_transcript
+from quallm.codebook import Codebook
+from quallm.codings import Coding
+from quallm.errors import ModelError, describe
+from quallm.grounding import align_quote
+from quallm.models.base import ChatModel, ChatRequest, Message, Usage
+from quallm.prompting import load_prompt, render_codebook
+from quallm.reask import ask
+from quallm.results import Failure, TranscriptResult, Ungrounded
+from quallm.schemas import ChunkAnswer, TurnAnswer, chunk_schema, turn_schema
+from quallm.summarise import summarise
+from quallm.tokenizers import CallableTokenizer
+from quallm.transcripts.model import Transcript
+
+Strategy = Literal["auto", "turn", "chunk"]
+
+
+class ExtractOptions(BaseModel):
+    """Settings that change what extraction produces (all part of the resume fingerprint)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    strategy: Strategy = "auto"
+    chunk_tokens: int = 3000
+    context_tokens: int = 200
+    unit_tokens: int = 1200
+    max_codes_per_unit: int = 3
+    max_codings_per_chunk: int = 40
+    max_reasks: int = 2
+    temperature: float = 0.0
+    seed: int = 0
+    max_tokens: int = 1024
+    coded_speakers: tuple[str, ...] = ()
+    summary: bool = True
+    concurrency: int = 1
+
+
+def resolve_strategy(options: ExtractOptions, model: ChatModel) -> Literal["turn", "chunk"]:
+    """The strategy actually used: ``auto`` means ``turn`` for local models, else ``chunk``."""
+    if options.strategy != "auto":
+        return options.strategy
+    return "turn" if model.endpoint.startswith("local:") else "chunk"
+
+
+def fingerprint(transcript: Transcript, codebook: Codebook, model: ChatModel, options: ExtractOptions) -> str:
+    """Hash of everything that determines a transcript's result (used to skip finished work)."""
+    prompts = {n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary")}
+    blob = json.dumps(
+        {
+            "text": hashlib.sha256(transcript.text.encode()).hexdigest(),
+            "meta": transcript.metadata,
+            "codebook": codebook.hash,
+            "model": model.name,
+            "endpoint": model.endpoint,
+            "prompts": prompts,
+            "options": options.model_dump(mode="json", exclude={"concurrency"}),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+@dataclass
+class _Tally:
+    codings: list[Coding] = field(default_factory=list)
+    ungrounded: list[Ungrounded] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    calls: int = 0
+    reasks: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add_usage(self, usage: Usage, attempts: int) -> None:
+        self.calls += attempts
+        self.reasks += attempts - 1
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+
+
+@dataclass(frozen=True)
+class _UnitOutcome:
+    codings: list[Coding]
+    ungrounded: list[Ungrounded]
+    usage: Usage
+    attempts: int
+
+
+def _preceding_question(transcript: Transcript, turn_index: int, max_words: int = 80) -> str:
+    for t in reversed(transcript.turns[:turn_index]):
+        if t.is_interviewer:
+            words = t.text.split()
+            return " ".join(words[-max_words:]) if len(words) > max_words else t.text
+    return "(none)"
+
+
+def _coder_name(model: ChatModel) -> str:
+    return f"quallm ({model.name})"
+
+
+class Extractor:
+    """Codes transcripts with one model and one codebook; reusable across a batch."""
+
+    def __init__(self, model: ChatModel, codebook: Codebook, options: ExtractOptions | None = None) -> None:
+        self.model = model
+        self.codebook = codebook
+        self.options = options or ExtractOptions()
+        self.strategy = resolve_strategy(self.options, model)
+        self.tokenizer = CallableTokenizer(model.count_tokens)
+        self._turn_prompt = load_prompt("code_turn")
+        self._chunk_prompt = load_prompt("code_chunk")
+        self._codebook_text = render_codebook(codebook)
+        self.coder = _coder_name(model)
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def _request(
+        self, prompt_id: str, prompt_hash: str, system: str, user: str, schema: dict, name: str
+    ) -> ChatRequest:  # type: ignore[type-arg]
+        return ChatRequest(
+            model=self.model.name,
+            endpoint=self.model.endpoint,
+            messages=(Message(role="system", content=system), Message(role="user", content=user)),
+            json_schema=schema,
+            schema_name=name,
+            output_mode=self.model.output_mode,
+            temperature=self.options.temperature,
+            max_tokens=self.options.max_tokens,
+            seed=self.options.seed,
+            prompt_id=prompt_id,
+            prompt_hash=prompt_hash,
+        )
+
+    def turn_request(self, transcript: Transcript, seg: Segment) -> ChatRequest:
+        """The per-unit request for one coded segment."""
+        system, user = self._turn_prompt.render(
+            codebook_name=self.codebook.name,
+            codebook=self._codebook_text,
+            max_codes=str(self.options.max_codes_per_unit),
+            question=_preceding_question(transcript, seg.turn_index),
+            speaker=seg.speaker,
+            answer=seg.text,
+        )
+        schema = turn_schema(self.codebook.ids, self.options.max_codes_per_unit)
+        return self._request("code_turn", self._turn_prompt.hash, system, user, schema, "turn_codes")
+
+    def chunk_request(self, chunk: Chunk) -> ChatRequest:
+        """The whole-chunk request: numbered segments, only CODE segments to be coded."""
+        lines = []
+        for n, s in enumerate(chunk.segments, start=1):
+            role = "CODE" if s.coded else "context"
+            lines.append(f"[S{n}] ({s.speaker}, {role}) {s.text}")
+        ctx = ""
+        if chunk.context:
+            ctx = "Earlier in the interview (context only, do not code):\n" + "\n".join(
+                f"({s.speaker}) {s.text}" for s in chunk.context
+            )
+            ctx += "\n"
+        system, user = self._chunk_prompt.render(
+            codebook_name=self.codebook.name,
+            codebook=self._codebook_text,
+            context=ctx,
+            segments="\n\n".join(lines),
+        )
+        schema = chunk_schema(self.codebook.ids, len(chunk.segments), self.options.max_codings_per_chunk)
+        return self._request("code_chunk", self._chunk_prompt.hash, system, user, schema, "chunk_codings")
+
+    # --- units ----------------------------------------------------------------------------------
+
+    def _ground(self, transcript: Transcript, seg: Segment, code_id: str, quote: str) -> Coding | None:
+        a = align_quote(quote, transcript.text, seg.start, seg.end)
+        if a is None:
+            return None
+        return Coding(
+            transcript_id=transcript.id,
+            coder=self.coder,
+            code_id=code_id,
+            start=a.start,
+            end=a.end,
+            turn_index=seg.turn_index,
+            speaker=seg.speaker,
+            quote=transcript.text[a.start : a.end],
+            alignment=a.status,
+        )
+
+    def code_turn(self, transcript: Transcript, seg: Segment) -> _UnitOutcome:
+        """Classify one unit; ground each code's quote inside it."""
+        valid = set(self.codebook.ids)
+
+        def check(ans: TurnAnswer) -> list[str]:
+            errs = [
+                f"codes[{i}].code_id {c.code_id!r} is not in the codebook"
+                for i, c in enumerate(ans.codes)
+                if c.code_id not in valid
+            ]
+            if len(ans.codes) > self.options.max_codes_per_unit:
+                errs.append(f"give at most {self.options.max_codes_per_unit} codes")
+            return errs
+
+        ans, _, attempts, usage = ask(
+            self.model,
+            self.turn_request(transcript, seg),
+            TurnAnswer,
+            check=check,
+            max_reasks=self.options.max_reasks,
+        )
+        codings: list[Coding] = []
+        lost: list[Ungrounded] = []
+        seen: set[str] = set()
+        for c in ans.codes:
+            if c.code_id in seen:
+                continue
+            seen.add(c.code_id)
+            coding = self._ground(transcript, seg, c.code_id, c.quote)
+            if coding is None:
+                lost.append(Ungrounded(code_id=c.code_id, quote=c.quote, turn_index=seg.turn_index))
+            else:
+                codings.append(coding)
+        return _UnitOutcome(codings, lost, usage, attempts)
+
+    def code_chunk(self, transcript: Transcript, chunk: Chunk) -> _UnitOutcome:
+        """Extract codings from one chunk; ground each in its segment (then the chunk's other coded ones)."""
+        valid = set(self.codebook.ids)
+        n = len(chunk.segments)
+
+        def check(ans: ChunkAnswer) -> list[str]:
+            errs = []
+            for i, c in enumerate(ans.codings):
+                if c.code_id not in valid:
+                    errs.append(f"codings[{i}].code_id {c.code_id!r} is not in the codebook")
+                if not 1 <= c.segment <= n:
+                    errs.append(f"codings[{i}].segment {c.segment} does not exist (segments are 1..{n})")
+            return errs
+
+        ans, _, attempts, usage = ask(
+            self.model, self.chunk_request(chunk), ChunkAnswer, check=check, max_reasks=self.options.max_reasks
+        )
+        codings: list[Coding] = []
+        lost: list[Ungrounded] = []
+        for c in ans.codings:
+            seg = chunk.segments[c.segment - 1]
+            order = [seg] + [s for s in chunk.coded_segments if s is not seg]
+            coding = None
+            for candidate in order:
+                if not candidate.coded:
+                    continue
+                coding = self._ground(transcript, candidate, c.code_id, c.quote)
+                if coding is not None:
+                    break
+            if coding is None:
+                lost.append(Ungrounded(code_id=c.code_id, quote=c.quote, turn_index=seg.turn_index))
+                continue
+            codings.append(coding.model_copy(update={"rationale": c.rationale or None, "confidence": c.confidence}))
+        return _UnitOutcome(codings, lost, usage, attempts)
+
+    # --- transcripts ----------------------------------------------------------------------------
+
+    def units(self, transcript: Transcript) -> list[tuple[str, Callable[[], _UnitOutcome]]]:
+        """The units of work for a transcript, each with a stable name and a thunk."""
+        speakers = frozenset(self.options.coded_speakers) or None
+        if self.strategy == "turn":
+            chunks = chunk_transcript(transcript, self.tokenizer, self.options.unit_tokens, coded_speakers=speakers)
+            segs = [s for ch in chunks for s in ch.coded_segments]
+            return [
+                (f"turn {s.turn_index}" + (f".{s.part}" if s.part else ""), lambda s=s: self.code_turn(transcript, s))
+                for s in segs
+            ]
+        chunks = chunk_transcript(
+            transcript,
+            self.tokenizer,
+            self.options.chunk_tokens,
+            context_tokens=self.options.context_tokens,
+            coded_speakers=speakers,
+        )
+        return [(f"chunk {c.index}", lambda c=c: self.code_chunk(transcript, c)) for c in chunks]
+
+    def extract(self, transcript: Transcript, on_unit: Callable[[], None] | None = None) -> TranscriptResult:
+        """Code one transcript. A failed unit is recorded and the rest of the transcript goes on."""
+        t0 = time.perf_counter()
+        tally = _Tally()
+        units = self.units(transcript)
+
+        def run(unit: tuple[str, Callable[[], _UnitOutcome]]) -> tuple[str, _UnitOutcome | BaseException]:
+            name, thunk = unit
+            try:
+                return name, thunk()
+            except ModelError as exc:
+                return name, exc
+            finally:
+                if on_unit:
+                    on_unit()
+
+        workers = max(1, self.options.concurrency)
+        if workers == 1:
+            outcomes = [run(u) for u in units]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                outcomes = list(pool.map(run, units))
+        for name, out in outcomes:
+            if isinstance(out, BaseException):
+                d = describe(out)
+                tally.failures.append(
+                    Failure(
+                        unit=name,
+                        error_type=d["type"],
+                        message=d["message"],
+                        raw=d.get("raw"),
+                        errors=tuple(d.get("errors", ())),
+                    )
+                )
+                continue
+            tally.codings.extend(out.codings)
+            tally.ungrounded.extend(out.ungrounded)
+            tally.add_usage(out.usage, out.attempts)
+        codings = _dedupe(tally.codings)
+        summary = None
+        if self.options.summary:
+            try:
+                summary, s_usage, s_attempts, s_lost = summarise(
+                    self.model, self.codebook, transcript, codings, self.options
+                )
+                tally.add_usage(s_usage, s_attempts)
+                tally.ungrounded.extend(s_lost)
+            except ModelError as exc:
+                d = describe(exc)
+                tally.failures.append(
+                    Failure(
+                        unit="summary",
+                        error_type=d["type"],
+                        message=d["message"],
+                        raw=d.get("raw"),
+                        errors=tuple(d.get("errors", ())),
+                    )
+                )
+        return TranscriptResult(
+            transcript_id=transcript.id,
+            source=transcript.source,
+            format=transcript.format,
+            fingerprint=fingerprint(transcript, self.codebook, self.model, self.options),
+            metadata=transcript.metadata,
+            n_turns=len(transcript.turns),
+            n_coded_units=len(units),
+            strategy=self.strategy,
+            codings=codings,
+            summary=summary,
+            ungrounded=tally.ungrounded,
+            failures=tally.failures,
+            warnings=list(transcript.warnings),
+            calls=tally.calls,
+            reasks=tally.reasks,
+            usage=Usage(prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens),
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+
+
+def _dedupe(codings: Sequence[Coding]) -> list[Coding]:
+    """One coding per code per overlapping span (models sometimes repeat themselves)."""
+    out: list[Coding] = []
+    for c in sorted(codings, key=lambda c: (c.start or 0, c.code_id)):
+        if any(o.code_id == c.code_id and (o.start or 0) < (c.end or 0) and (c.start or 0) < (o.end or 0) for o in out):
+            continue
+        out.append(c)
+    return out
+
+
+def extract(
+    transcript: Transcript, codebook: Codebook, model: ChatModel, options: ExtractOptions | None = None
+) -> TranscriptResult:
+    """Code one transcript against a codebook with a model (the library's one-call entry point)."""
+    return Extractor(model, codebook, options).extract(transcript)

@@ -1,0 +1,275 @@
+"""The embedded local backend: a GGUF model run in process by llama.cpp (llama-cpp-python).
+
+``llama_cpp`` is imported lazily so this module imports without the ``[local]`` extra. One loaded
+model serves every call of a process: the KV cache is never reset between calls, so llama.cpp reuses
+the longest common token prefix of the previous call (our system prompt) and only evaluates the new
+tail. Structured output is a GBNF grammar built from the request's JSON schema.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from quallm.errors import ModelError, ModelNotAvailableError
+from quallm.models.base import ChatRequest, Completion, OutputMode, Usage
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'quallm[local]' (or 'quallm[local-small]')"
+DEFAULT_N_CTX = 4096
+
+# llama.cpp contexts are not thread-safe, and one call already keeps every core busy: calls into
+# any local model of this process run one at a time.
+_INFERENCE_LOCK = threading.Lock()
+# Loading may briefly swap a llama_cpp module function (see _load_llama); one load at a time.
+_LOAD_LOCK = threading.Lock()
+
+
+def available_cpus() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's core count)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # missing on macOS and Windows
+    if affinity is not None:
+        return max(1, len(affinity(0)))
+    return os.cpu_count() or 1
+
+
+def import_llama_cpp() -> ModuleType:
+    """``llama_cpp``, or :class:`ModelNotAvailableError` with the install command."""
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise ModelNotAvailableError(f"the local model needs llama-cpp-python: {INSTALL_HINT}") from exc
+    return llama_cpp
+
+
+def cpu_has_amx(llama_cpp: ModuleType) -> bool:
+    """True when llama.cpp's CPU backend would put weights into AMX buffers."""
+    info = llama_cpp.llama_print_system_info()
+    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    return "AMX_INT8 = 1" in text
+
+
+def _load_llama(path: Path, *, n_ctx: int, n_threads: int, n_gpu_layers: int, extra_buffers: bool) -> Any:
+    """Create the ``llama_cpp.Llama`` (quiet, all our cores, the GGUF's own chat template)."""
+    llama_cpp = import_llama_cpp()
+    import llama_cpp.llama_cpp as low
+
+    kwargs: dict[str, Any] = {
+        "model_path": str(path),
+        "n_ctx": n_ctx,
+        "n_threads": n_threads,
+        "n_threads_batch": n_threads,
+        "n_gpu_layers": n_gpu_layers,
+        "verbose": False,
+        # chat_format stays None: Llama then uses the tokenizer.chat_template stored in the GGUF.
+    }
+    with _LOAD_LOCK:
+        original = low.llama_model_default_params
+        if not extra_buffers:
+            # Llama() does not expose use_extra_bufts; it reads llama_model_default_params(), so
+            # hand it params with extra (AMX/repack) weight buffers switched off for this one load.
+            def params_without_extra_buffers() -> Any:
+                params = original()
+                params.use_extra_bufts = False
+                return params
+
+            low.llama_model_default_params = params_without_extra_buffers
+        try:
+            return llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelNotAvailableError(f"{path}: llama.cpp could not load this GGUF file: {exc}") from exc
+        finally:
+            low.llama_model_default_params = original
+
+
+class LocalLlamaModel:
+    """A :class:`~quallm.models.base.ChatModel` on ``llama_cpp.Llama``, loaded once and kept.
+
+    ``extra_buffers=None`` (auto) switches llama.cpp's extra weight buffers off on CPUs with AMX:
+    its AMX matmul segfaults on Q4_K models (ggml-org/llama.cpp#20824, unfixed), which would kill
+    the whole process. Pass ``llama`` to wrap an existing ``Llama`` (benchmarks, tests).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        sha256: str,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        extra_buffers: bool | None = None,
+        llama: Any | None = None,
+    ) -> None:
+        self._path = Path(model_path)
+        self._sha256 = sha256.lower()
+        self._n_ctx = n_ctx
+        self._n_threads = n_threads or available_cpus()
+        self._grammars: dict[str, Any] = {}
+        if llama is None:
+            if not self._path.is_file():
+                raise ModelNotAvailableError(f"model file not found: {self._path}")
+            llama_cpp = import_llama_cpp()
+            if extra_buffers is None:
+                extra_buffers = not cpu_has_amx(llama_cpp)
+            llama = _load_llama(
+                self._path,
+                n_ctx=n_ctx,
+                n_threads=self._n_threads,
+                n_gpu_layers=n_gpu_layers,
+                extra_buffers=extra_buffers,
+            )
+        self._llm = llama
+
+    @property
+    def name(self) -> str:
+        """The GGUF file name."""
+        return self._path.name
+
+    @property
+    def endpoint(self) -> str:
+        """``local:<first 16 hex of the file's sha256>``: another file never shares cache entries."""
+        return f"local:{self._sha256[:16]}"
+
+    @property
+    def output_mode(self) -> OutputMode:
+        """Grammar-constrained decoding follows a JSON schema exactly."""
+        return OutputMode.JSON_SCHEMA
+
+    @property
+    def n_ctx(self) -> int:
+        """The context window the model was loaded with (prompt plus answer)."""
+        return self._n_ctx
+
+    @property
+    def n_threads(self) -> int:
+        """Threads llama.cpp uses."""
+        return self._n_threads
+
+    @property
+    def llama(self) -> Any:
+        """The underlying ``llama_cpp.Llama``."""
+        return self._llm
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the model's own tokenizer (no BOS, special tokens as plain text)."""
+        # Tokenizing reads only the vocabulary, so it needs no inference lock.
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def chat_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        """The ``create_chat_completion`` arguments for ``request`` (the benchmark reuses them)."""
+        kwargs: dict[str, Any] = {
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+            "stream": False,
+        }
+        if request.seed is not None:
+            kwargs["seed"] = request.seed
+        grammar = self._grammar_for(request)
+        if grammar is not None:
+            kwargs["grammar"] = grammar
+        return kwargs
+
+    def complete(self, request: ChatRequest) -> Completion:
+        """Run one chat completion; the answer follows ``request.json_schema`` when one is set."""
+        with _INFERENCE_LOCK:
+            kwargs = self.chat_kwargs(request)
+            try:
+                response = self._llm.create_chat_completion(**kwargs)
+            except ValueError as exc:
+                # llama-cpp-python raises ValueError when the prompt does not fit the context.
+                hint = (
+                    "; load the model with a larger n_ctx or use smaller chunks"
+                    if "context" in str(exc)
+                    else ""
+                )
+                raise ModelError(f"{self.name}: {exc}{hint}") from exc
+            except Exception as exc:
+                raise ModelError(f"{self.name}: llama.cpp failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            choice = response["choices"][0]
+            content = choice["message"].get("content") or ""
+            finish_reason = choice.get("finish_reason") or "stop"
+            usage = response.get("usage") or {}
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise ModelError(f"{self.name}: unexpected llama.cpp response: {response!r:.200}") from exc
+        return Completion(
+            content=content,
+            finish_reason=finish_reason,  # "stop" or "length", as the OpenAI API reports it
+            usage=Usage(
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+            ),
+            model=self.name,
+        )
+
+    def close(self) -> None:
+        """Free the model and its context now instead of at garbage collection."""
+        close = getattr(self._llm, "close", None)
+        if callable(close):
+            close()
+
+    # --- grammars ---
+
+    def _grammar_for(self, request: ChatRequest) -> Any | None:
+        """The GBNF grammar for a request's output mode, built once per distinct schema."""
+        if request.output_mode is OutputMode.PLAIN:
+            return None
+        if request.output_mode is OutputMode.JSON_OBJECT:
+            return self._grammar("json-object", None)
+        if request.json_schema is None:
+            return None
+        key = json.dumps(request.json_schema, sort_keys=True, separators=(",", ":"))
+        return self._grammar(key, request.json_schema)
+
+    def _grammar(self, key: str, schema: dict[str, Any] | None) -> Any:
+        cached = self._grammars.get(key)
+        if cached is not None:
+            return cached
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
+
+        # We build the grammar ourselves instead of passing response_format: llama-cpp-python
+        # rebuilds it on every call and silently falls back to "any JSON" when the schema does not
+        # convert; here a failure is logged once and the fallback is explicit.
+        gbnf = JSON_GBNF
+        if schema is not None:
+            try:
+                converted = json_schema_to_gbnf(json.dumps(schema))
+            except Exception as exc:
+                log.warning(
+                    "JSON schema not convertible to a llama.cpp grammar (%s); constraining to any JSON", exc
+                )
+            else:
+                if self._grammar_parses(converted):
+                    gbnf = converted
+                else:
+                    log.warning(
+                        "llama.cpp rejected the grammar built from the JSON schema; constraining to any JSON"
+                    )
+        grammar = LlamaGrammar.from_string(gbnf, verbose=False)
+        self._grammars[key] = grammar
+        return grammar
+
+    def _grammar_parses(self, gbnf: str) -> bool:
+        """Check a grammar with llama.cpp's own parser before use.
+
+        A grammar it rejects yields a NULL sampler that llama-cpp-python adds to its chain anyway,
+        and the next sample call segfaults; checking here turns that into a fallback.
+        """
+        vocab = getattr(getattr(self._llm, "_model", None), "vocab", None)
+        if vocab is None:
+            return True  # not a real Llama (a stand-in): nothing to check against
+        import llama_cpp.llama_cpp as low
+
+        sampler = low.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+        if not sampler:
+            return False
+        low.llama_sampler_free(sampler)
+        return True

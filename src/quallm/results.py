@@ -1,0 +1,98 @@
+"""What extraction produces per transcript: codings, a grounded summary, and an honest account of losses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from quallm.codings import Coding
+from quallm.models.base import Usage
+
+
+class Quote(BaseModel):
+    """A grounded quote: ``text == transcript.text[start:end]``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start: int
+    end: int
+    text: str
+    turn_index: int | None = None
+
+
+class SummaryPoint(BaseModel):
+    """What the interviewee said about one code."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code_id: str
+    kind: str
+    label: str
+    summary: str
+    quotes: tuple[Quote, ...] = ()
+
+
+class Summary(BaseModel):
+    """A per-transcript summary: a short narrative, then the challenges and enablers raised."""
+
+    model_config = ConfigDict(frozen=True)
+
+    narrative: str
+    challenges: tuple[SummaryPoint, ...] = ()
+    enablers: tuple[SummaryPoint, ...] = ()
+    generated_by_model: bool = True
+
+
+class Ungrounded(BaseModel):
+    """A quote the model gave that could not be found in the transcript (dropped, never reported)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code_id: str
+    quote: str
+    turn_index: int | None = None
+    where: str = "coding"
+
+
+class Failure(BaseModel):
+    """A unit of work that failed after all retries, with the last raw output and errors."""
+
+    model_config = ConfigDict(frozen=True)
+
+    unit: str
+    error_type: str
+    message: str
+    raw: str | None = None
+    errors: tuple[str, ...] = ()
+
+
+class TranscriptResult(BaseModel):
+    """Everything extraction found in one transcript; written atomically as results/<id>.json."""
+
+    transcript_id: str
+    source: str
+    format: str
+    fingerprint: str = Field(description="hash of the inputs that produced this result (for resume)")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    n_turns: int
+    n_coded_units: int
+    strategy: str
+    codings: list[Coding] = Field(default_factory=list)
+    summary: Summary | None = None
+    ungrounded: list[Ungrounded] = Field(default_factory=list)
+    failures: list[Failure] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    calls: int = 0
+    reasks: int = 0
+    usage: Usage = Usage()
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """True when every unit and the summary succeeded."""
+        return not self.failures
+
+    def model_dump_result(self) -> dict[str, Any]:
+        """JSON-ready dict including the derived ``complete`` flag."""
+        return {**self.model_dump(mode="json"), "complete": self.complete}

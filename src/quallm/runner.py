@@ -1,0 +1,177 @@
+"""Runs a batch of transcripts into a run directory, resumably; one bad file never stops the batch."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quallm import __version__
+from quallm.codebook import Codebook
+from quallm.errors import QuallmError
+from quallm.extract import ExtractOptions, Extractor, fingerprint
+from quallm.models.base import ChatModel
+from quallm.prompting import load_prompt
+from quallm.results import TranscriptResult
+from quallm.rundir import RunDir, now_iso
+from quallm.transcripts import expand_paths, load_metadata, load_transcript
+
+
+@dataclass
+class RunReport:
+    """What a run did, for the CLI to print and to decide the exit code."""
+
+    out: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    codings: int = 0
+    ungrounded: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when every input was read and every transcript finished."""
+        return not self.errors and not self.incomplete
+
+
+class Progress:
+    """Callbacks the CLI uses to show progress (the library prints nothing itself)."""
+
+    def start(self, total_transcripts: int) -> None:
+        """Called once with the number of input files."""
+
+    def transcript_started(self, transcript_id: str, units: int) -> None:
+        """Called before a transcript's units are sent."""
+
+    def unit_done(self) -> None:
+        """Called after each unit (turn or chunk)."""
+
+    def transcript_done(self, result: TranscriptResult | None, skipped: bool = False) -> None:
+        """Called when a transcript is finished, skipped, or failed to load (``result`` None)."""
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_extraction(
+    inputs: Sequence[str | Path],
+    codebook: Codebook,
+    model: ChatModel,
+    out: str | Path,
+    *,
+    options: ExtractOptions | None = None,
+    metadata_path: str | Path | None = None,
+    codebook_path: str | Path | None = None,
+    model_info: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunReport:
+    """Code every transcript in ``inputs`` into the run directory ``out``.
+
+    Finished transcripts whose fingerprint matches are skipped; each result is saved the moment it is
+    done. Bad files are reported (one line each) and the batch goes on.
+    """
+    opts = options or ExtractOptions()
+    prog = progress or Progress()
+    run = RunDir(out)
+    run.prepare()
+    report = RunReport(out=run.path)
+    metadata = load_metadata(metadata_path) if metadata_path else {}
+    extractor = Extractor(model, codebook, opts)
+    paths = expand_paths(inputs)
+    started = now_iso()
+    manifest: dict[str, Any] = {
+        "quallm_version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "status": "running",
+        "started": started,
+        "finished": None,
+        "model": {
+            "name": model.name,
+            "endpoint": model.endpoint,
+            "output_mode": model.output_mode.value,
+            **(model_info or {}),
+        },
+        "strategy": extractor.strategy,
+        "prompts": {n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary")},
+        "codebook": {
+            "name": codebook.name,
+            "version": codebook.version,
+            "hash": codebook.hash,
+            "path": str(codebook_path) if codebook_path else None,
+            "codes": len(codebook.codes),
+        },
+        "parameters": opts.model_dump(mode="json"),
+        "metadata_file": str(metadata_path) if metadata_path else None,
+        "inputs": [],
+    }
+    run.write_manifest(manifest)
+    prog.start(len(paths))
+    inputs_info = []
+    for p in paths:
+        if should_stop and should_stop():
+            break
+        try:
+            transcript = load_transcript(p, metadata.get(p.stem))
+        except QuallmError as exc:
+            report.errors.append(str(exc))
+            run.log("input_error", file=str(p), message=str(exc))
+            inputs_info.append({"file": str(p), "error": str(exc)})
+            prog.transcript_done(None)
+            continue
+        inputs_info.append({"file": str(p), "transcript_id": transcript.id, "sha256": _sha256_file(p)})
+        for w in transcript.warnings:
+            report.warnings.append(w)
+            run.log("warning", transcript_id=transcript.id, message=w)
+        previous = run.load_result(transcript.id)
+        if previous and previous.complete and previous.fingerprint == fingerprint(transcript, codebook, model, opts):
+            report.skipped.append(transcript.id)
+            prog.transcript_done(previous, skipped=True)
+            continue
+        units = extractor.units(transcript)
+        prog.transcript_started(transcript.id, len(units))
+        result = extractor.extract(transcript, on_unit=prog.unit_done)
+        run.save_result(result)
+        for u in result.ungrounded:
+            run.log("ungrounded", transcript_id=transcript.id, **u.model_dump(mode="json"))
+        for f in result.failures:
+            run.log("failure", transcript_id=transcript.id, **f.model_dump(mode="json"))
+        (report.incomplete if result.failures else report.done).append(transcript.id)
+        prog.transcript_done(result)
+    results = run.results()
+    report.codings = sum(len(r.codings) for r in results)
+    report.ungrounded = sum(len(r.ungrounded) for r in results)
+    run.write_outputs(results, codebook)
+    manifest.update(
+        status="finished" if report.ok else "finished with problems",
+        finished=now_iso(),
+        inputs=inputs_info,
+        counts={
+            "inputs": len(paths),
+            "transcripts_done": len(report.done),
+            "transcripts_skipped_already_done": len(report.skipped),
+            "transcripts_incomplete": len(report.incomplete),
+            "input_errors": len(report.errors),
+            "results_in_run": len(results),
+            "codings": report.codings,
+            "ungrounded_dropped": report.ungrounded,
+            "model_calls": sum(r.calls for r in results),
+            "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
+            "completion_tokens": sum(r.usage.completion_tokens for r in results),
+        },
+        errors=report.errors,
+    )
+    run.write_manifest(manifest)
+    return report

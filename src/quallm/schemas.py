@@ -1,0 +1,107 @@
+"""What the model answers in: pydantic models and the strict JSON schemas sent with each request.
+
+The schemas are written out by hand (not generated) because OpenAI's strict mode needs every
+property required and ``additionalProperties: false``, and because ``enum`` and ``maxItems`` bound
+what a small local model can generate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TurnCode(BaseModel):
+    """One code the model gives a single answer (per-unit strategy)."""
+
+    model_config = ConfigDict(extra="ignore")
+    code_id: str
+    quote: str = ""
+
+
+class TurnAnswer(BaseModel):
+    """The model's answer for one unit."""
+
+    model_config = ConfigDict(extra="ignore")
+    codes: list[TurnCode] = Field(default_factory=list)
+
+
+class ChunkCoding(BaseModel):
+    """One coding of a segment (whole-chunk strategy)."""
+
+    model_config = ConfigDict(extra="ignore")
+    segment: int
+    code_id: str
+    quote: str
+    rationale: str = ""
+    confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class ChunkAnswer(BaseModel):
+    """The model's answer for one chunk."""
+
+    model_config = ConfigDict(extra="ignore")
+    codings: list[ChunkCoding] = Field(default_factory=list)
+
+
+class SummaryPoint(BaseModel):
+    """What the interviewee said about one code, with evidence numbers."""
+
+    model_config = ConfigDict(extra="ignore")
+    code_id: str
+    summary: str
+    quote_ids: list[int] = Field(default_factory=list)
+
+
+class SummaryAnswer(BaseModel):
+    """A per-transcript summary as the model writes it."""
+
+    model_config = ConfigDict(extra="ignore")
+    narrative: str
+    points: list[SummaryPoint] = Field(default_factory=list)
+
+
+def _obj(props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def turn_schema(code_ids: list[str], max_codes: int) -> dict[str, Any]:
+    """Schema of a per-unit answer: at most ``max_codes`` codes from the codebook."""
+    item = _obj({"code_id": {"type": "string", "enum": code_ids}, "quote": {"type": "string", "maxLength": 300}})
+    return _obj({"codes": {"type": "array", "items": item, "maxItems": max_codes}})
+
+
+def chunk_schema(code_ids: list[str], n_segments: int, max_codings: int) -> dict[str, Any]:
+    """Schema of a whole-chunk answer."""
+    item = _obj(
+        {
+            "segment": {"type": "integer", "minimum": 1, "maximum": max(1, n_segments)},
+            "code_id": {"type": "string", "enum": code_ids},
+            "quote": {"type": "string", "maxLength": 400},
+            "rationale": {"type": "string", "maxLength": 400},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        }
+    )
+    return _obj({"codings": {"type": "array", "items": item, "maxItems": max_codings}})
+
+
+def summary_schema(code_ids: list[str], n_quotes: int) -> dict[str, Any]:
+    """Schema of a per-transcript summary; points name codes present and evidence numbers."""
+    point = _obj(
+        {
+            "code_id": {"type": "string", "enum": code_ids or ["none"]},
+            "summary": {"type": "string", "maxLength": 500},
+            "quote_ids": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1, "maximum": max(1, n_quotes)},
+                "maxItems": 2,
+            },
+        }
+    )
+    return _obj(
+        {
+            "narrative": {"type": "string", "maxLength": 1200},
+            "points": {"type": "array", "items": point, "maxItems": max(1, len(code_ids))},
+        }
+    )

@@ -1,0 +1,105 @@
+"""Shared test set-up: no remote model requests, paths to the demo fixtures, a keyword coder."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quallm.models import openai_compat
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "fixtures" / "demo"
+
+# Tests never reach a remote model: only the local test server on 127.0.0.1 is allowed.
+openai_compat.ALLOW_MODEL_REQUESTS = False
+
+KEYWORDS = {"C_money": ["budget", "funding", "money"], "E_help": ["early help", "family support"]}
+
+
+@pytest.fixture
+def demo_dir() -> Path:
+    return DEMO
+
+
+@pytest.fixture
+def tiny_codebook_yaml(tmp_path: Path) -> Path:
+    p = tmp_path / "codebook.yaml"
+    p.write_text(
+        """
+name: Tiny
+codes:
+  - id: C_money
+    kind: challenge
+    label: Funding pressure
+    definition: Budgets and money are short.
+  - id: E_help
+    kind: enabler
+    label: Early help
+    definition: Early help and family support keep children at home.
+""",
+        encoding="utf-8",
+    )
+    return p
+
+
+def keyword_answer(messages: list[dict[str, Any]] | list[Any]) -> str:
+    """A deterministic stand-in coder: codes by keyword, quoting the sentence that holds it.
+
+    Answers the per-turn form or the per-chunk form depending on what the prompt asks for.
+    """
+    contents = [m["content"] if isinstance(m, dict) else m.content for m in messages]
+    system, user = contents[0], contents[-1]
+    if '"narrative"' in system:
+        ids = re.findall(r"^(\S+) \((?:challenge|enabler):", user, re.M)
+        nums = [int(n) for n in re.findall(r"^\s+\[(\d+)\]", user, re.M)]
+        points = [{"code_id": cid, "summary": f"They talked about {cid}.", "quote_ids": nums[:1]} for cid in ids]
+        return json.dumps({"narrative": "The interviewee described pressures and what helps.", "points": points})
+    if '"codings"' in system:
+        out = []
+        for n, role, text in re.findall(r"^\[S(\d+)\] \([^,]+, (CODE|context)\) (.*)$", user, re.M):
+            if role != "CODE":
+                continue
+            for cid, words in KEYWORDS.items():
+                for w in words:
+                    m = re.search(rf"[^.?!]*\b{w}\b[^.?!]*", text, re.I)
+                    if m:
+                        out.append({"segment": int(n), "code_id": cid, "quote": m.group(0).strip(),
+                                    "rationale": f"mentions {w}", "confidence": 0.9})
+                        break
+        return json.dumps({"codings": out})
+    answer = user.split("):\n", 1)[-1]
+    codes = []
+    for cid, words in KEYWORDS.items():
+        for w in words:
+            m = re.search(rf"[^.?!]*\b{w}\b[^.?!]*", answer, re.I)
+            if m:
+                codes.append({"code_id": cid, "quote": m.group(0).strip()})
+                break
+    return json.dumps({"codes": codes})
+
+
+SAMPLE = """Interviewer: Thanks for joining. What is your role?
+
+Respondent: I'm the director of children's services. I've been here three years.
+
+Interviewer: What gets in the way?
+
+Respondent: Honestly the budget is the big thing. We lost a lot of funding over ten years.
+
+And the courts are slow, which doesn't help anyone.
+
+Interviewer: And what helps?
+
+Respondent: Our early help offer has been transformative. Family support workers go in quickly.
+"""
+
+
+@pytest.fixture
+def sample_txt(tmp_path: Path) -> Path:
+    p = tmp_path / "la_sample.txt"
+    p.write_text(SAMPLE, encoding="utf-8")
+    return p
