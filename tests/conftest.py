@@ -52,7 +52,7 @@ def keyword_answer(messages: list[dict[str, Any]] | list[Any]) -> str:
     Answers the per-turn form or the per-chunk form depending on what the prompt asks for.
     """
     contents = [m["content"] if isinstance(m, dict) else m.content for m in messages]
-    system, user = contents[0], contents[-1]
+    system, user = contents[0], contents[1]  # the first user message, also on a re-ask
     if '"narrative"' in system:
         ids = re.findall(r"^(\S+) \((?:challenge|enabler):", user, re.M)
         nums = [int(n) for n in re.findall(r"^\s+\[(\d+)\]", user, re.M)]

@@ -21,8 +21,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out_console = Console()
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -227,6 +227,128 @@ def extract(
 
 
 # --- reconcile command (agreement) ---
+
+
+def _print_agreement(report: Any) -> None:
+    from rich.table import Table
+
+    from quallm.agreement import format_estimate
+
+    table = Table(
+        title=f"Agreement on {report.n_units} {report.unit} units, {report.n_transcripts} transcripts "
+        f"(pooled over {len(report.codes)} codes; 95% bootstrap CI)"
+    )
+    for col in ("pair", "kind", "", "percent", "kappa", "alpha", "AC1", "P", "R", "F1"):
+        table.add_column(col)
+    pairs = sorted(report.pairs, key=lambda p: (p.kind != "human-human", p.pair))
+    for p in pairs:
+        for s in (p.micro, p.macro):
+            table.add_row(
+                p.pair,
+                p.kind,
+                s.code,
+                *(
+                    format_estimate(getattr(s, k), 2)
+                    for k in ("percent", "kappa", "alpha", "ac1", "precision", "recall", "f1")
+                ),
+            )
+    out_console.print(table)
+    if report.group is not None:
+        g = report.group.micro
+        out_console.print(
+            f"All {len(report.coders)} coders (micro): percent {format_estimate(g.percent, 2)}, Fleiss kappa "
+            f"{format_estimate(g.fleiss_kappa, 2)}, alpha {format_estimate(g.alpha, 2)}, AC1 {format_estimate(g.ac1, 2)}"
+        )
+
+
+@app.command()
+def reconcile(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="A run directory from 'quallm extract' (machine codings).")
+    ] = None,
+    human: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--human",
+            "-h",
+            help="Human coding: CSV (transcript_id, coder, code_id + start/end, "
+            "turn_index or quote) or REFI-QDA .qdpx/.qde. Repeatable.",
+        ),
+    ] = None,
+    codings: Annotated[
+        list[Path] | None,
+        typer.Option("--codings", help="General form (no RUN_DIR): coding files to compare with each other."),
+    ] = None,
+    transcripts: Annotated[
+        list[Path] | None, typer.Option("--transcripts", help="General form: transcript files or folders.")
+    ] = None,
+    codebook: Annotated[Path | None, typer.Option("--codebook", "-c", help="General form: codebook YAML.")] = None,
+    unit: Annotated[str, typer.Option("--unit", help="turn (default) | sentence | transcript (presence).")] = "turn",
+    coders: Annotated[
+        str | None, typer.Option("--coders", help="Comma-separated coders to compare, in order (default: all).")
+    ] = None,
+    min_overlap: Annotated[
+        int, typer.Option("--min-overlap", help="Characters a span must overlap a unit to mark it.")
+    ] = 1,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95% CIs (0: none).")
+    ] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default: RUN_DIR or '.').")] = None,
+) -> None:
+    """Agreement between machine and human coding (kappa, alpha, AC1, P/R/F1) and the disagreements.
+
+    Writes agreement.json, agreement.csv, disagreements.csv and disagreements.json.
+    """
+    from quallm.reconciling import reconcile_files, reconcile_run
+
+    if unit not in ("turn", "sentence", "transcript"):
+        _fail(f"--unit must be turn, sentence or transcript, not {unit!r}")
+    coder_list = [c.strip() for c in coders.split(",") if c.strip()] if coders else None
+    try:
+        if run_dir is not None:
+            if not human:
+                _fail("give --human FILE with the human coding to compare the run against")
+            report, problems = reconcile_run(
+                run_dir,
+                human or [],
+                unit=unit,
+                coders=coder_list,  # type: ignore[arg-type]
+                min_overlap=min_overlap,
+                n_boot=bootstrap,
+                seed=seed,
+                out_dir=out,
+            )
+            where = out or run_dir
+        else:
+            files = list(codings or []) + list(human or [])
+            if not files or not transcripts:
+                _fail("give RUN_DIR --human FILE, or --transcripts PATHS with --codings FILE (two or more coders)")
+            where = out or Path(".")
+            report, problems = reconcile_files(
+                transcripts or [],
+                files,
+                codebook_path=codebook,
+                unit=unit,  # type: ignore[arg-type]
+                coders=coder_list,
+                min_overlap=min_overlap,
+                n_boot=bootstrap,
+                seed=seed,
+                out_dir=where,
+            )
+    except QuallmError as exc:
+        _fail(str(exc))
+        return
+    for line in problems:
+        console.print(f"[yellow]problem:[/yellow] {line}", highlight=False)
+    for line in report.issues:
+        console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
+    _print_agreement(report)
+    out_console.print(
+        f"{len(report.disagreements)} disagreements. Written: {where}/agreement.json, agreement.csv, "
+        "disagreements.csv, disagreements.json"
+    )
+
 
 # --- model commands (local model) ---
 

@@ -162,9 +162,11 @@ def cohen_kappa(
     if weights not in (None, "linear", "quadratic"):
         raise ConfigError(f"weights must be None, 'linear' or 'quadratic', not {weights!r}")
     codes, cats = _encode(table, categories)
-    if codes.shape[0] and codes.shape[1] != 2:
+    if codes.shape[0] == 0:
+        return None
+    if codes.shape[1] != 2:
         raise AgreementInputError(f"Cohen's kappa needs exactly 2 coders, got {codes.shape[1]}")
-    both = (codes >= 0).all(axis=1) if codes.size else np.zeros(0, dtype=bool)
+    both = (codes >= 0).all(axis=1)
     a, b = codes[both, 0], codes[both, 1]
     n = int(a.size)
     if n == 0:

@@ -420,6 +420,10 @@ def _group_report(p: _Prepared, n_boot: int, seed: int, level: float) -> GroupRe
     )
 
 
+def _conf(c: Coding) -> float:
+    return -1.0 if c.confidence is None else c.confidence
+
+
 def _disagreements(p: _Prepared) -> list[Disagreement]:
     present = (p.x & p.has[:, :, None]).sum(axis=1)
     valid = p.has.sum(axis=1)[:, None]
@@ -436,16 +440,21 @@ def _disagreements(p: _Prepared) -> list[Disagreement]:
         if not mask[key]:
             continue
         old = best.get(key)
-        if old is None or (c.confidence or -1.0) > (old.confidence or -1.0):
+        if old is None or _conf(c) > _conf(old):
             best[key] = c
     rows: list[tuple[tuple[int, float, str, int], Disagreement]] = []
-    for u, k in zip(units_idx.tolist(), codes_idx.tolist(), strict=True):
+    # Votes of all rows at once (numpy scalar indexing per cell would dominate the run time).
+    marks = p.x[units_idx, :, codes_idx].tolist()
+    coded = p.has[units_idx].tolist()
+    for r, (u, k) in enumerate(zip(units_idx.tolist(), codes_idx.tolist(), strict=True)):
         unit = p.marked.units[u]
         m = best.get((u, k))
-        votes = {name: (bool(p.x[u, j, k]) if p.has[u, j] else None) for j, name in enumerate(p.coders)}
+        votes = {name: (marks[r][j] if coded[r][j] else None) for j, name in enumerate(p.coders)}
         text = unit.text if len(unit.text) <= 300 or unit.unit_id != "transcript" else unit.text[:297] + "..."
         conf = m.confidence if m is not None else None
-        row = Disagreement(
+        # model_construct: every field is built here from validated values; validating 10^5 rows
+        # again would cost more than all the statistics.
+        row = Disagreement.model_construct(
             transcript_id=unit.transcript_id, unit_id=unit.unit_id, turn_index=unit.turn_index,
             start=unit.start, end=unit.end, unit_text=text, code_id=p.codes[k], votes=votes,
             machine_coder=m.coder if m else None, machine_quote=m.quote if m else None,

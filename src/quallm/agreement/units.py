@@ -87,11 +87,12 @@ def build_units(
     out: list[Unit] = []
     for turn in transcript.coded_turns(speakers):
         if unit == "turn":
-            out.append(Unit(transcript_id=tid, unit_id=f"turn-{turn.index}", turn_index=turn.index,
+            # model_construct: fields come from a validated Turn (validation would dominate run time).
+            out.append(Unit.model_construct(transcript_id=tid, unit_id=f"turn-{turn.index}", turn_index=turn.index,
                             start=turn.start, end=turn.end, text=turn.text))
             continue
         for k, (a, b) in enumerate(split_sentences(turn.text)):
-            out.append(Unit(transcript_id=tid, unit_id=f"turn-{turn.index}.s{k}", turn_index=turn.index,
+            out.append(Unit.model_construct(transcript_id=tid, unit_id=f"turn-{turn.index}.s{k}", turn_index=turn.index,
                             start=turn.start + a, end=turn.start + b, text=turn.text[a:b]))
     out.sort(key=lambda u: u.start)
     return out
@@ -223,7 +224,12 @@ def mark_units(
             out.hits.append((base, c))  # presence anywhere: no location needed
             continue
         t = transcripts[ti]
-        span, problem = _span_of(c, t)
+        a, b = c.start, c.end
+        span: tuple[int, int] | None
+        if a is not None and b is not None and 0 <= a < b <= len(t.text):
+            span, problem = (a, b), None  # the common case, inlined: grounded codings carry offsets
+        else:
+            span, problem = _span_of(c, t)
         if problem is not None:
             out.issues.append(_issue(c, problem))
             continue

@@ -112,12 +112,12 @@ def write_agreement(report: AgreementReport, out_dir: Path | str) -> list[Path]:
 
 
 def format_report(report: AgreementReport, digits: int = 3) -> str:
-    """A plain-text summary: pooled figures per pair (and across all coders), then issues."""
+    """A plain-text summary: pooled then per-code figures per pair, all-coders figures, then issues."""
     lines = [f"Agreement on {report.n_units} {report.unit} units in {report.n_transcripts} transcripts, "
              f"{len(report.codes)} codes, coders: {', '.join(report.coders)}"]
     for p in report.pairs:
         lines.append(f"{p.pair} ({p.kind}, {p.n_units} units):")
-        for s in (p.micro, p.macro):
+        for s in (p.micro, p.macro, *p.codes):
             lines.append(
                 f"  {s.code:8} percent {format_estimate(s.percent, digits)}  kappa {format_estimate(s.kappa, digits)}"
                 f"  alpha {format_estimate(s.alpha, digits)}  AC1 {format_estimate(s.ac1, digits)}"

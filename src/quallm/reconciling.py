@@ -1,0 +1,166 @@
+"""Reconcile a run (or any coding files) with human coding: load inputs, compare, write the tables.
+
+The statistics live in :mod:`quallm.agreement`; this module only gathers transcripts, the codebook and
+codings from a run directory and coding files (CSV, REFI-QDA), and writes the results next to the run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quallm.agreement import AgreementReport, read_human_csv, reconcile, write_agreement
+from quallm.agreement.units import UnitKind
+from quallm.codebook import Codebook
+from quallm.codings import Coding
+from quallm.errors import ConfigError, InputError, QuallmError
+from quallm.rundir import RunDir, atomic_write_text
+from quallm.transcripts import expand_paths, load_metadata, load_transcript
+from quallm.transcripts.model import Transcript
+
+
+@dataclass
+class RunInputs:
+    """What a run directory knows: its transcripts, codebook, machine codings and coverage."""
+
+    transcripts: list[Transcript]
+    codebook: Codebook | None
+    codings: list[Coding]
+    coverage: dict[str, set[str]] = field(default_factory=dict)
+
+
+def load_run(run_dir: str | Path) -> RunInputs:
+    """Transcripts (re-read from the files the manifest names), codebook and machine codings of a run."""
+    run = RunDir(run_dir)
+    manifest = run.read_manifest()
+    if not manifest:
+        raise InputError(run.path, "not a quallm run directory (no manifest.json)")
+    results = run.results()
+    meta_path = manifest.get("metadata_file")
+    metadata = load_metadata(meta_path) if meta_path and Path(meta_path).is_file() else {}
+    files = {i["transcript_id"]: i["file"] for i in manifest.get("inputs", []) if "transcript_id" in i}
+    transcripts = []
+    for r in results:
+        src = files.get(r.transcript_id, r.source)
+        transcripts.append(load_transcript(src, metadata.get(r.transcript_id) or r.metadata))
+    cb_path = (manifest.get("codebook") or {}).get("path")
+    codebook = Codebook.load(cb_path) if cb_path and Path(cb_path).is_file() else None
+    codings = [c for r in results for c in r.codings]
+    coverage: dict[str, set[str]] = {}
+    for r in results:
+        if r.complete:  # a finished transcript with no codings is a real "nothing applies", not missing
+            for coder in {c.coder for c in r.codings} or {f"quallm ({manifest.get('model', {}).get('name', '')})"}:
+                coverage.setdefault(coder, set()).add(r.transcript_id)
+    return RunInputs(transcripts, codebook, codings, coverage)
+
+
+def load_coding_file(
+    path: str | Path, transcripts: Sequence[Transcript], codebook: Codebook | None
+) -> tuple[list[Coding], list[str]]:
+    """Codings from a CSV (human format or a run's codings.csv) or a REFI-QDA .qdpx / .qde project."""
+    p = Path(path)
+    ids = codebook.ids if codebook else None
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        return read_human_csv(p, transcripts, ids)
+    if suffix in (".qdpx", ".qde"):
+        from quallm.exchange.qdpx import read_qdpx
+
+        imported = read_qdpx(p, transcripts, codebook)
+        return imported.codings, imported.problems
+    raise InputError(p, f"unknown coding file type {suffix or '(none)'!r}; use .csv, .qdpx or .qde")
+
+
+def reconcile_run(
+    run_dir: str | Path,
+    human: Sequence[str | Path],
+    *,
+    unit: UnitKind = "turn",
+    coders: Sequence[str] | None = None,
+    min_overlap: int = 1,
+    n_boot: int = 1000,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+) -> tuple[AgreementReport, list[str]]:
+    """Compare a run's machine codings with human coding files; write the tables into the run.
+
+    Returns the report and the problems met while importing (one line each).
+    """
+    inputs = load_run(run_dir)
+    problems: list[str] = []
+    human_codings: list[Coding] = []
+    for f in human:
+        got, probs = load_coding_file(f, inputs.transcripts, inputs.codebook)
+        human_codings.extend(got)
+        problems.extend(probs)
+    if not human_codings:
+        raise ConfigError("no human codings could be read from: " + ", ".join(str(h) for h in human))
+    machine = sorted({c.coder for c in inputs.codings} | set(inputs.coverage))
+    report = reconcile(
+        inputs.transcripts,
+        inputs.codings + human_codings,
+        inputs.codebook.ids if inputs.codebook else None,
+        unit=unit,
+        coders=coders,
+        n_boot=n_boot,
+        seed=seed,
+        min_overlap=min_overlap,
+        machine_coders=machine,
+        coverage=_coverage(inputs.coverage, human_codings),
+    )
+    out = Path(out_dir) if out_dir else Path(run_dir)
+    write_agreement(report, out)
+    atomic_write_text(
+        Path(run_dir) / "human_codings.json",
+        json.dumps([c.model_dump(mode="json") for c in human_codings], indent=1, ensure_ascii=False) + "\n",
+    )
+    return report, problems
+
+
+def reconcile_files(
+    transcripts: Sequence[str | Path],
+    coding_files: Sequence[str | Path],
+    *,
+    codebook_path: str | Path | None = None,
+    unit: UnitKind = "turn",
+    coders: Sequence[str] | None = None,
+    min_overlap: int = 1,
+    n_boot: int = 1000,
+    seed: int = 0,
+    out_dir: str | Path = ".",
+) -> tuple[AgreementReport, list[str]]:
+    """The general form: compare any coding files (two or more coders in all) on the given transcripts."""
+    loaded: list[Transcript] = []
+    problems: list[str] = []
+    for p in expand_paths(transcripts):
+        try:
+            loaded.append(load_transcript(p))
+        except QuallmError as exc:
+            problems.append(str(exc))
+    codebook = Codebook.load(codebook_path) if codebook_path else None
+    codings: list[Coding] = []
+    for f in coding_files:
+        got, probs = load_coding_file(f, loaded, codebook)
+        codings.extend(got)
+        problems.extend(probs)
+    report = reconcile(
+        loaded,
+        codings,
+        codebook.ids if codebook else None,
+        unit=unit,
+        coders=coders,
+        n_boot=n_boot,
+        seed=seed,
+        min_overlap=min_overlap,
+    )
+    write_agreement(report, out_dir)
+    return report, problems
+
+
+def _coverage(machine: dict[str, set[str]], human: list[Coding]) -> dict[str, set[str]]:
+    cov = {k: set(v) for k, v in machine.items()}
+    for c in human:  # a human coder covers the transcripts where they applied any code
+        cov.setdefault(c.coder, set()).add(c.transcript_id)
+    return cov

