@@ -71,14 +71,12 @@ def keyword_answer(messages: list[dict[str, Any]] | list[Any]) -> str:
                                     "rationale": f"mentions {w}", "confidence": 0.9})
                         break
         return json.dumps({"codings": out})
-    answer = user.split("):\n", 1)[-1]
+    sentences = re.findall(r"^\[(\d+)\] (.*)$", user.split("sentence by sentence:", 1)[-1], re.M)
     codes = []
     for cid, words in KEYWORDS.items():
-        for w in words:
-            m = re.search(rf"[^.?!]*\b{w}\b[^.?!]*", answer, re.I)
-            if m:
-                codes.append({"code_id": cid, "quote": m.group(0).strip()})
-                break
+        hit = next((int(n) for n, text in sentences for w in words if re.search(rf"\b{w}\b", text, re.I)), None)
+        if hit is not None:
+            codes.append({"code_id": cid, "sentence": hit})
     return json.dumps({"codes": codes})
 
 

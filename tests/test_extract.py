@@ -29,10 +29,16 @@ def test_both_strategies_give_the_same_grounded_codings(sample_txt: Path, tiny_c
     result = extract(t, cb, keyword_model(), ExtractOptions(strategy=strategy))  # type: ignore[arg-type]
     assert result.complete and result.strategy == strategy
     got = {(c.code_id, c.turn_index, c.quote) for c in result.codings}
-    assert got == {
-        ("C_money", 3, "Honestly the budget is the big thing"),
-        ("E_help", 5, "Our early help offer has been transformative"),
-    }
+    if strategy == "chunk":  # quotes as the model wrote them, aligned
+        assert got == {
+            ("C_money", 3, "Honestly the budget is the big thing"),
+            ("E_help", 5, "Our early help offer has been transformative"),
+        }
+    else:  # the numbered sentence the model chose
+        assert got == {
+            ("C_money", 3, "Honestly the budget is the big thing."),
+            ("E_help", 5, "Our early help offer has been transformative."),
+        }
     for c in result.codings:
         assert t.text[c.start : c.end] == c.quote and c.alignment == "exact"
         assert not t.turns[c.turn_index].is_interviewer
@@ -60,11 +66,22 @@ def test_auto_strategy_is_turn_for_local_and_chunk_otherwise(tiny_codebook_yaml:
 
 
 def test_invented_quotes_are_dropped_and_counted(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
-    model = FakeModel(lambda r: json.dumps({"codes": [{"code_id": "C_money", "quote": "we never had any money at all"}]}))
+    invented = {"segment": 2, "code_id": "C_money", "quote": "we never had any money at all", "rationale": "",
+                "confidence": 0.9}
+    model = FakeModel(lambda r: json.dumps({"codings": [invented]}))
+    result = extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model,
+                     ExtractOptions(strategy="chunk", summary=False))
+    assert result.codings == [] and len(result.ungrounded) == 1
+    assert result.ungrounded[0].quote == "we never had any money at all"
+
+
+def test_turn_answer_with_missing_sentence_is_reasked(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
+    model = keyword_model()
+    model.enqueue({"codes": [{"code_id": "C_money", "sentence": 7}]})
     result = extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model,
                      ExtractOptions(strategy="turn", summary=False))
-    assert result.codings == [] and len(result.ungrounded) == 3
-    assert result.ungrounded[0].quote == "we never had any money at all"
+    assert result.reasks == 1 and "sentence 7 does not exist" in model.requests[1].messages[-1].content
+    assert all(result.codings[i].quote.endswith(".") for i in range(len(result.codings)))
 
 
 def test_chunk_answer_with_wrong_segment_is_reasked_without_mutating_request(sample_txt: Path,

@@ -29,8 +29,8 @@ def _request(model: OpenAICompatModel) -> ChatRequest:
     return ChatRequest(
         model=model.name, endpoint=model.endpoint, output_mode=model.output_mode,
         messages=(Message(role="system", content='Reply {"codes": [...]}'),
-                  Message(role="user", content="Interviewer's question: x\n\nAnswer to code (R):\nThe budget is tiny.")),
-        json_schema=turn_schema(["C_money", "E_help"], 3),
+                  Message(role="user", content="Interviewer's question: x\n\nAnswer to code (R), sentence by sentence:\n[1] The budget is tiny.")),
+        json_schema=turn_schema(["C_money", "E_help"], 3, 1),
     )
 
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quallm.chunking import Chunk, Segment, chunk_transcript
+from quallm.chunking import Chunk, Segment, chunk_transcript, sentence_spans
 from quallm.codebook import Codebook
 from quallm.codings import Coding
 from quallm.errors import ModelError, describe
@@ -156,16 +156,18 @@ class Extractor:
         )
 
     def turn_request(self, transcript: Transcript, seg: Segment) -> ChatRequest:
-        """The per-unit request for one coded segment."""
+        """The per-unit request for one coded segment, its sentences numbered."""
+        sentences = sentence_spans(seg.text, seg.start)
+        numbered = "\n".join(f"[{n}] {transcript.text[a:b]}" for n, (a, b) in enumerate(sentences, start=1))
         system, user = self._turn_prompt.render(
             codebook_name=self.codebook.name,
             codebook=self._codebook_text,
             max_codes=str(self.options.max_codes_per_unit),
             question=_preceding_question(transcript, seg.turn_index),
             speaker=seg.speaker,
-            answer=seg.text,
+            answer=numbered,
         )
-        schema = turn_schema(self.codebook.ids, self.options.max_codes_per_unit)
+        schema = turn_schema(self.codebook.ids, self.options.max_codes_per_unit, len(sentences))
         return self._request("code_turn", self._turn_prompt.hash, system, user, schema, "turn_codes")
 
     def chunk_request(self, chunk: Chunk) -> ChatRequest:
@@ -208,15 +210,17 @@ class Extractor:
         )
 
     def code_turn(self, transcript: Transcript, seg: Segment) -> _UnitOutcome:
-        """Classify one unit; ground each code's quote inside it."""
+        """Classify one unit; each code's evidence is the numbered sentence the model chose."""
         valid = set(self.codebook.ids)
+        sentences = sentence_spans(seg.text, seg.start)
 
         def check(ans: TurnAnswer) -> list[str]:
-            errs = [
-                f"codes[{i}].code_id {c.code_id!r} is not in the codebook"
-                for i, c in enumerate(ans.codes)
-                if c.code_id not in valid
-            ]
+            errs = []
+            for i, c in enumerate(ans.codes):
+                if c.code_id not in valid:
+                    errs.append(f"codes[{i}].code_id {c.code_id!r} is not in the codebook")
+                if not 1 <= c.sentence <= len(sentences):
+                    errs.append(f"codes[{i}].sentence {c.sentence} does not exist (sentences are 1..{len(sentences)})")
             if len(ans.codes) > self.options.max_codes_per_unit:
                 errs.append(f"give at most {self.options.max_codes_per_unit} codes")
             return errs
@@ -229,17 +233,27 @@ class Extractor:
             max_reasks=self.options.max_reasks,
         )
         codings: list[Coding] = []
-        lost: list[Ungrounded] = []
+        lost: list[Ungrounded] = []  # sentence evidence cannot be ungrounded; kept for one outcome type
         seen: set[str] = set()
         for c in ans.codes:
             if c.code_id in seen:
                 continue
             seen.add(c.code_id)
-            coding = self._ground(transcript, seg, c.code_id, c.quote)
-            if coding is None:
-                lost.append(Ungrounded(code_id=c.code_id, quote=c.quote, turn_index=seg.turn_index))
-            else:
-                codings.append(coding)
+            a, b = sentences[c.sentence - 1]
+            # The sentence is our own exact slice, so the evidence is grounded by construction.
+            codings.append(
+                Coding(
+                    transcript_id=transcript.id,
+                    coder=self.coder,
+                    code_id=c.code_id,
+                    start=a,
+                    end=b,
+                    turn_index=seg.turn_index,
+                    speaker=seg.speaker,
+                    quote=transcript.text[a:b],
+                    alignment="exact",
+                )
+            )
         return _UnitOutcome(codings, lost, usage, attempts)
 
     def code_chunk(self, transcript: Transcript, chunk: Chunk) -> _UnitOutcome:

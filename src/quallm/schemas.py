@@ -13,11 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class TurnCode(BaseModel):
-    """One code the model gives a single answer (per-unit strategy)."""
+    """One code the model gives a single answer (per-unit strategy), with the sentence that shows it."""
 
     model_config = ConfigDict(extra="ignore")
     code_id: str
-    quote: str = ""
+    sentence: int
 
 
 class TurnAnswer(BaseModel):
@@ -66,9 +66,18 @@ def _obj(props: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
-def turn_schema(code_ids: list[str], max_codes: int) -> dict[str, Any]:
-    """Schema of a per-unit answer: at most ``max_codes`` codes from the codebook."""
-    item = _obj({"code_id": {"type": "string", "enum": code_ids}, "quote": {"type": "string", "maxLength": 300}})
+def turn_schema(code_ids: list[str], max_codes: int, n_sentences: int) -> dict[str, Any]:
+    """Schema of a per-unit answer: at most ``max_codes`` codes, each pointing at one numbered sentence.
+
+    Sentence numbers instead of free quotes keep a small model's answer to a few tokens, and the
+    evidence is then our own exact slice of the transcript.
+    """
+    item = _obj(
+        {
+            "code_id": {"type": "string", "enum": code_ids},
+            "sentence": {"type": "integer", "minimum": 1, "maximum": max(1, n_sentences)},
+        }
+    )
     return _obj({"codes": {"type": "array", "items": item, "maxItems": max_codes}})
 
 
