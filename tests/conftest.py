@@ -67,8 +67,15 @@ def keyword_answer(messages: list[dict[str, Any]] | list[Any]) -> str:
                 for w in words:
                     m = re.search(rf"[^.?!]*\b{w}\b[^.?!]*", text, re.I)
                     if m:
-                        out.append({"segment": int(n), "code_id": cid, "quote": m.group(0).strip(),
-                                    "rationale": f"mentions {w}", "confidence": 0.9})
+                        out.append(
+                            {
+                                "segment": int(n),
+                                "code_id": cid,
+                                "quote": m.group(0).strip(),
+                                "rationale": f"mentions {w}",
+                                "confidence": 0.9,
+                            }
+                        )
                         break
         return json.dumps({"codings": out})
     sentences = re.findall(r"^\[(\d+)\] (.*)$", user.split("sentence by sentence:", 1)[-1], re.M)

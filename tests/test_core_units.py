@@ -31,8 +31,11 @@ def test_codebook_loads_and_hashes(tiny_codebook_yaml: Path) -> None:
     [
         ("codes:\n  - id: A1\n    kind: barrier\n    label: x\n    definition: y\n", "codes[0] (id 'A1').kind"),
         ("codes:\n  - id: A1\n    kind: enabler\n    label: x\n", "codes[0] (id 'A1').definition"),
-        ("codes:\n  - {id: A, kind: enabler, label: x, definition: y}\n  - {id: A, kind: enabler, label: z, "
-         "definition: w}\n", "duplicate id 'A'"),
+        (
+            "codes:\n  - {id: A, kind: enabler, label: x, definition: y}\n  - {id: A, kind: enabler, label: z, "
+            "definition: w}\n",
+            "duplicate id 'A'",
+        ),
         ("codes: []\n", "codes"),
         ("codes: [\n", "not valid YAML"),
         ("codes:\n  - id: 'bad id!'\n    kind: enabler\n    label: x\n    definition: y\n", "codes[0]"),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.conftest import keyword_answer
 
 from quallm.codebook import Codebook
 from quallm.errors import OutputValidationError, TruncatedOutputError
@@ -15,7 +16,6 @@ from quallm.models.fake import FakeModel
 from quallm.reask import ask
 from quallm.schemas import TurnAnswer
 from quallm.transcripts import load_transcript
-from tests.conftest import keyword_answer
 
 
 def keyword_model(**kw: object) -> FakeModel:
@@ -23,7 +23,9 @@ def keyword_model(**kw: object) -> FakeModel:
 
 
 @pytest.mark.parametrize("strategy", ["turn", "chunk"])
-def test_both_strategies_give_the_same_grounded_codings(sample_txt: Path, tiny_codebook_yaml: Path, strategy: str) -> None:
+def test_both_strategies_give_the_same_grounded_codings(
+    sample_txt: Path, tiny_codebook_yaml: Path, strategy: str
+) -> None:
     t = load_transcript(sample_txt)
     cb = Codebook.load(tiny_codebook_yaml)
     result = extract(t, cb, keyword_model(), ExtractOptions(strategy=strategy))  # type: ignore[arg-type]
@@ -49,10 +51,16 @@ def test_both_strategies_give_the_same_grounded_codings(sample_txt: Path, tiny_c
             assert t.text[q.start : q.end] == q.text
 
 
-def test_turn_strategy_prefix_is_identical_and_interviewer_never_coded(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
+def test_turn_strategy_prefix_is_identical_and_interviewer_never_coded(
+    sample_txt: Path, tiny_codebook_yaml: Path
+) -> None:
     model = keyword_model()
-    extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model,
-            ExtractOptions(strategy="turn", summary=False))
+    extract(
+        load_transcript(sample_txt),
+        Codebook.load(tiny_codebook_yaml),
+        model,
+        ExtractOptions(strategy="turn", summary=False),
+    )
     systems = {r.messages[0].content for r in model.requests}
     assert len(model.requests) == 3 and len(systems) == 1  # one call per answer, one shared prefix
     assert all("director of children's services" not in r.messages[0].content for r in model.requests)
@@ -66,11 +74,20 @@ def test_auto_strategy_is_turn_for_local_and_chunk_otherwise(tiny_codebook_yaml:
 
 
 def test_invented_quotes_are_dropped_and_counted(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
-    invented = {"segment": 2, "code_id": "C_money", "quote": "we never had any money at all", "rationale": "",
-                "confidence": 0.9}
+    invented = {
+        "segment": 2,
+        "code_id": "C_money",
+        "quote": "we never had any money at all",
+        "rationale": "",
+        "confidence": 0.9,
+    }
     model = FakeModel(lambda r: json.dumps({"codings": [invented]}))
-    result = extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model,
-                     ExtractOptions(strategy="chunk", summary=False))
+    result = extract(
+        load_transcript(sample_txt),
+        Codebook.load(tiny_codebook_yaml),
+        model,
+        ExtractOptions(strategy="chunk", summary=False),
+    )
     assert result.codings == [] and len(result.ungrounded) == 1
     assert result.ungrounded[0].quote == "we never had any money at all"
 
@@ -78,18 +95,27 @@ def test_invented_quotes_are_dropped_and_counted(sample_txt: Path, tiny_codebook
 def test_turn_answer_with_missing_sentence_is_reasked(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
     model = keyword_model()
     model.enqueue({"codes": [{"code_id": "C_money", "sentence": 7}]})
-    result = extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model,
-                     ExtractOptions(strategy="turn", summary=False))
+    result = extract(
+        load_transcript(sample_txt),
+        Codebook.load(tiny_codebook_yaml),
+        model,
+        ExtractOptions(strategy="turn", summary=False),
+    )
     assert result.reasks == 1 and "sentence 7 does not exist" in model.requests[1].messages[-1].content
     assert all(result.codings[i].quote.endswith(".") for i in range(len(result.codings)))
 
 
-def test_chunk_answer_with_wrong_segment_is_reasked_without_mutating_request(sample_txt: Path,
-                                                                             tiny_codebook_yaml: Path) -> None:
+def test_chunk_answer_with_wrong_segment_is_reasked_without_mutating_request(
+    sample_txt: Path, tiny_codebook_yaml: Path
+) -> None:
     model = keyword_model()
     model.enqueue({"codings": [{"segment": 99, "code_id": "C_money", "quote": "x", "rationale": "", "confidence": 1}]})
-    result = extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model,
-                     ExtractOptions(strategy="chunk", summary=False))
+    result = extract(
+        load_transcript(sample_txt),
+        Codebook.load(tiny_codebook_yaml),
+        model,
+        ExtractOptions(strategy="chunk", summary=False),
+    )
     assert result.complete and result.reasks == 1 and len(result.codings) == 2
     first, second = model.requests[0], model.requests[1]
     assert len(first.messages) == 2 and len(second.messages) == 4
@@ -99,8 +125,12 @@ def test_chunk_answer_with_wrong_segment_is_reasked_without_mutating_request(sam
 def test_failed_unit_is_recorded_and_rest_goes_on(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
     model = keyword_model()
     model.enqueue("not json", "still not json", "{broken")  # the first unit exhausts its re-asks
-    result = extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model,
-                     ExtractOptions(strategy="turn", summary=False))
+    result = extract(
+        load_transcript(sample_txt),
+        Codebook.load(tiny_codebook_yaml),
+        model,
+        ExtractOptions(strategy="turn", summary=False),
+    )
     assert not result.complete and len(result.failures) == 1
     f = result.failures[0]
     assert f.unit == "turn 1" and f.error_type == "OutputValidationError" and f.raw == "{broken"
@@ -108,8 +138,9 @@ def test_failed_unit_is_recorded_and_rest_goes_on(sample_txt: Path, tiny_codeboo
 
 
 def _req() -> ChatRequest:
-    return ChatRequest(model="m", endpoint="e", messages=(Message(role="user", content="hi"),),
-                       json_schema={"type": "object"})
+    return ChatRequest(
+        model="m", endpoint="e", messages=(Message(role="user", content="hi"),), json_schema={"type": "object"}
+    )
 
 
 def test_length_is_an_error_not_a_result() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import keyword_answer
 from typer.testing import CliRunner
 
 from quallm.cli import app
@@ -16,7 +17,6 @@ from quallm.models.openai_compat import OpenAICompatModel
 from quallm.reask import ask
 from quallm.schemas import TurnAnswer, turn_schema
 from quallm.testing.server import Faults, OpenAITestServer
-from tests.conftest import keyword_answer
 
 runner = CliRunner()
 
@@ -27,9 +27,17 @@ def responder(body: dict[str, Any]) -> str:
 
 def _request(model: OpenAICompatModel) -> ChatRequest:
     return ChatRequest(
-        model=model.name, endpoint=model.endpoint, output_mode=model.output_mode,
-        messages=(Message(role="system", content='Reply {"codes": [...]}'),
-                  Message(role="user", content="Interviewer's question: x\n\nAnswer to code (R), sentence by sentence:\n[1] The budget is tiny.")),
+        model=model.name,
+        endpoint=model.endpoint,
+        output_mode=model.output_mode,
+        messages=(
+            Message(role="system", content='Reply {"codes": [...]}'),
+            Message(
+                role="user",
+                content="Interviewer's question: x\n\nAnswer to code (R), sentence by sentence:\n"
+                "[1] The budget is tiny.",
+            ),
+        ),
         json_schema=turn_schema(["C_money", "E_help"], 3, 1),
     )
 
@@ -38,7 +46,7 @@ def test_strict_json_schema_sent_and_no_key_in_logs(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("QUALLM_TEST_KEY", "sk-test-not-a-real-key-000000000000")
     with OpenAITestServer(responder) as srv:
         m = OpenAICompatModel("test-model", base_url=srv.base_url, api_key_env="QUALLM_TEST_KEY")
-        ans, completion, attempts, usage = ask(m, _request(m), TurnAnswer)
+        ans, _completion, _attempts, usage = ask(m, _request(m), TurnAnswer)
         body = srv.chat_requests[0]
         assert body["response_format"]["type"] == "json_schema" and body["response_format"]["json_schema"]["strict"]
         assert [c.code_id for c in ans.codes] == ["C_money"] and usage.prompt_tokens > 0
@@ -90,9 +98,24 @@ def test_cli_extract_end_to_end_resume_and_bad_file(tmp_path: Path, sample_txt: 
     meta.write_text("transcript_id,care_trend\nla_sample,decreasing\n", encoding="utf-8")
     out = tmp_path / "run"
     with OpenAITestServer(responder) as srv:
-        args = ["extract", str(sample_txt), str(tmp_path / "empty.txt"), str(tmp_path / "notes.pdf"),
-                "--codebook", str(_demo_codebook(tmp_path)), "--out", str(out), "--model", "test-model",
-                "--base-url", srv.base_url, "--metadata", str(meta), "--record", str(tmp_path / "rec")]
+        args = [
+            "extract",
+            str(sample_txt),
+            str(tmp_path / "empty.txt"),
+            str(tmp_path / "notes.pdf"),
+            "--codebook",
+            str(_demo_codebook(tmp_path)),
+            "--out",
+            str(out),
+            "--model",
+            "test-model",
+            "--base-url",
+            srv.base_url,
+            "--metadata",
+            str(meta),
+            "--record",
+            str(tmp_path / "rec"),
+        ]
         r1 = runner.invoke(app, args)
         n_first = len(srv.chat_requests)
         assert r1.exit_code == 1, r1.output  # two unreadable files -> non-zero exit, the rest done
@@ -117,17 +140,34 @@ def test_cli_extract_end_to_end_resume_and_bad_file(tmp_path: Path, sample_txt: 
 def test_cli_replay_reproduces_and_reports_miss(tmp_path: Path, sample_txt: Path) -> None:
     cb = _demo_codebook(tmp_path)
     with OpenAITestServer(responder) as srv:
-        r = runner.invoke(app, ["extract", str(sample_txt), "-c", str(cb), "-o", str(tmp_path / "a"), "-m", "test-model",
-                                "--base-url", srv.base_url, "--record", str(tmp_path / "rec")])
+        r = runner.invoke(
+            app,
+            [
+                "extract",
+                str(sample_txt),
+                "-c",
+                str(cb),
+                "-o",
+                str(tmp_path / "a"),
+                "-m",
+                "test-model",
+                "--base-url",
+                srv.base_url,
+                "--record",
+                str(tmp_path / "rec"),
+            ],
+        )
         assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["extract", str(sample_txt), "-c", str(cb), "-o", str(tmp_path / "b"),
-                            "--replay", str(tmp_path / "rec")])
+    r = runner.invoke(
+        app, ["extract", str(sample_txt), "-c", str(cb), "-o", str(tmp_path / "b"), "--replay", str(tmp_path / "rec")]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "a" / "codings.csv").read_text() == (tmp_path / "b" / "codings.csv").read_text()
     changed = tmp_path / "changed.txt"
     changed.write_text(sample_txt.read_text().replace("transformative", "a lifeline"), encoding="utf-8")
-    r = runner.invoke(app, ["extract", str(changed), "-c", str(cb), "-o", str(tmp_path / "c"),
-                            "--replay", str(tmp_path / "rec")])
+    r = runner.invoke(
+        app, ["extract", str(changed), "-c", str(cb), "-o", str(tmp_path / "c"), "--replay", str(tmp_path / "rec")]
+    )
     assert r.exit_code == 1
     result = json.loads((tmp_path / "c" / "results" / "changed.json").read_text())
     miss = [f for f in result["failures"] if f["error_type"] == "ReplayMissError"]
@@ -138,6 +178,19 @@ def test_cli_replay_reproduces_and_reports_miss(tmp_path: Path, sample_txt: Path
 def test_cli_bad_codebook_is_one_line(tmp_path: Path, sample_txt: Path) -> None:
     bad = tmp_path / "cb.yaml"
     bad.write_text("codes:\n  - {id: X, kind: enabler, label: x}\n", encoding="utf-8")
-    r = runner.invoke(app, ["extract", str(sample_txt), "-c", str(bad), "-o", str(tmp_path / "o"),
-                            "--model", "m", "--base-url", "http://127.0.0.1:9/v1"])
+    r = runner.invoke(
+        app,
+        [
+            "extract",
+            str(sample_txt),
+            "-c",
+            str(bad),
+            "-o",
+            str(tmp_path / "o"),
+            "--model",
+            "m",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ],
+    )
     assert r.exit_code == 2 and "codes[0] (id 'X').definition" in r.output

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import docx
 import pytest
+from tests.conftest import DEMO
 
 from quallm.errors import InputError
 from quallm.transcripts import load_metadata, load_transcript, load_transcripts
-from tests.conftest import DEMO
 
 
 def _check_offsets(t):  # every turn is an exact slice of the canonical text
@@ -35,11 +35,19 @@ def test_labelled_text_multi_paragraph(sample_txt: Path) -> None:
         ("INT: Hello there?\n\nP3: Fine thanks.\n\nINT: Why?\n\nP3: Because.\n", ["INT", "P3"] * 2, "INT"),
         ("Q: What?\nA: This.\nQ: And?\nA: That.\n", ["Q", "A"] * 2, "Q"),
         ("[00:12:31] I: Who are you?\n[00:12:40] R1: A director.\n", ["I", "R1"], "I"),
-        ("00:00:05 Jo Bloggs: How is it going?\n00:00:09 Sam Patel: Well.\n00:01:00 Jo Bloggs: Really?\n"
-         "00:01:05 Sam Patel: Yes, truly.\n", ["Jo Bloggs", "Sam Patel"] * 2, "Jo Bloggs"),
+        (
+            "00:00:05 Jo Bloggs: How is it going?\n00:00:09 Sam Patel: Well.\n00:01:00 Jo Bloggs: Really?\n"
+            "00:01:05 Sam Patel: Yes, truly.\n",
+            ["Jo Bloggs", "Sam Patel"] * 2,
+            "Jo Bloggs",
+        ),
         ("**Interviewer:** Hi?\n\n**Respondent:** Hello.\n", ["Interviewer", "Respondent"], "Interviewer"),
-        ("Helen Wright  0:03\nSo what do you do?\n\nAmir Khan  0:09\nI run the service.\n\n"
-         "Helen Wright  0:20\nAnd?\n\nAmir Khan  0:25\nIt works.\n", ["Helen Wright", "Amir Khan"] * 2, "Helen Wright"),
+        (
+            "Helen Wright  0:03\nSo what do you do?\n\nAmir Khan  0:09\nI run the service.\n\n"
+            "Helen Wright  0:20\nAnd?\n\nAmir Khan  0:25\nIt works.\n",
+            ["Helen Wright", "Amir Khan"] * 2,
+            "Helen Wright",
+        ),
     ],
 )
 def test_label_styles(tmp_path: Path, body: str, speakers: list[str], interviewer: str) -> None:
@@ -116,8 +124,12 @@ def test_srt(tmp_path: Path) -> None:
 
 def test_docx(tmp_path: Path) -> None:
     d = docx.Document()
-    for line in ["Interviewer: What helps?", "Helen Wright: Early help does.", "Interviewer: Why?",
-                 "Helen Wright: It is early."]:
+    for line in [
+        "Interviewer: What helps?",
+        "Helen Wright: Early help does.",
+        "Interviewer: Why?",
+        "Helen Wright: It is early.",
+    ]:
         d.add_paragraph(line)
     d.save(str(tmp_path / "w.docx"))
     t = load_transcript(tmp_path / "w.docx")

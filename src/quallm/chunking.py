@@ -124,7 +124,7 @@ def chunk_transcript(
         used += c
     if cur:
         groups.append(cur)
-    chunks = []
+    chunks: list[Chunk] = []
     for g in groups:
         ctx: list[Segment] = []
         spent = 0

@@ -5,13 +5,14 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from quallm.errors import QuallmError
+from quallm.runner import Progress as RunProgress
 
 app = typer.Typer(
     name="quallm",
@@ -54,7 +55,7 @@ KeyEnvOpt = Annotated[
 ModelPathOpt = Annotated[Path | None, typer.Option("--model-path", help="Run any local GGUF file in process.")]
 
 
-class _RichProgress:
+class _RichProgress(RunProgress):
     def __init__(self, progress: Progress) -> None:
         self.p = progress
         self.files = progress.add_task("transcripts", total=None)
@@ -257,7 +258,8 @@ def _print_agreement(report: Any) -> None:
         g = report.group.micro
         out_console.print(
             f"All {len(report.coders)} coders (micro): percent {format_estimate(g.percent, 2)}, Fleiss kappa "
-            f"{format_estimate(g.fleiss_kappa, 2)}, alpha {format_estimate(g.alpha, 2)}, AC1 {format_estimate(g.ac1, 2)}"
+            f"{format_estimate(g.fleiss_kappa, 2)}, alpha {format_estimate(g.alpha, 2)}, "
+            f"AC1 {format_estimate(g.ac1, 2)}"
         )
 
 
@@ -305,6 +307,7 @@ def reconcile(
     if unit not in ("turn", "sentence", "transcript"):
         _fail(f"--unit must be turn, sentence or transcript, not {unit!r}")
     coder_list = [c.strip() for c in coders.split(",") if c.strip()] if coders else None
+    unit_kind = cast(Literal["turn", "sentence", "transcript"], unit)
     try:
         if run_dir is not None:
             if not human:
@@ -312,8 +315,8 @@ def reconcile(
             report, problems = reconcile_run(
                 run_dir,
                 human or [],
-                unit=unit,
-                coders=coder_list,  # type: ignore[arg-type]
+                unit=unit_kind,
+                coders=coder_list,
                 min_overlap=min_overlap,
                 n_boot=bootstrap,
                 seed=seed,
@@ -329,7 +332,7 @@ def reconcile(
                 transcripts or [],
                 files,
                 codebook_path=codebook,
-                unit=unit,  # type: ignore[arg-type]
+                unit=unit_kind,
                 coders=coder_list,
                 min_overlap=min_overlap,
                 n_boot=bootstrap,
@@ -348,6 +351,142 @@ def reconcile(
         f"{len(report.disagreements)} disagreements. Written: {where}/agreement.json, agreement.csv, "
         "disagreements.csv, disagreements.json"
     )
+
+
+# --- reports and exchange ---
+
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory from 'quallm extract'.")]
+ByOpt = Annotated[str | None, typer.Option("--by", help="Metadata column to compare groups by (e.g. care_trend).")]
+CodebookOpt = Annotated[
+    Path | None, typer.Option("--codebook", "-c", help="Codebook YAML (default: the one the run used).")
+]
+
+
+def _codebook_or_none(path: Path | None) -> Any:
+    from quallm.codebook import Codebook
+
+    return Codebook.load(path) if path else None
+
+
+@app.command()
+def synthesise(
+    run_dir: RunDirArg,
+    by: ByOpt = None,
+    codebook: CodebookOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write (default: RUN_DIR).")] = None,
+) -> None:
+    """Code x transcript matrix and prevalence of each code by a metadata column, with exact tests.
+
+    Writes synthesis.json, matrix.csv and prevalence_by_<column>.csv.
+    """
+    from quallm.synthesis import synthesise as do_synthesise
+    from quallm.synthesis import write_synthesis
+
+    try:
+        s = do_synthesise(run_dir, by, codebook=_codebook_or_none(codebook))
+        paths = write_synthesis(s, out or run_dir)
+    except QuallmError as exc:
+        _fail(str(exc))
+        return
+    if s.by is not None:
+        for line in s.by.cautions:
+            console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
+    out_console.print("Written: " + ", ".join(str(p) for p in paths))
+
+
+@app.command("study-summary")
+def study_summary_cmd(
+    run_dir: RunDirArg,
+    by: ByOpt = None,
+    codebook: CodebookOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
+    model_path: ModelPathOpt = None,
+    max_prompt_tokens: Annotated[
+        int, typer.Option("--max-prompt-tokens", help="No map or reduce prompt exceeds this many tokens.")
+    ] = 3000,
+    record: Annotated[Path | None, typer.Option("--record", help="Save every model exchange here.")] = None,
+    replay: Annotated[Path | None, typer.Option("--replay", help="Answer only from recordings here.")] = None,
+) -> None:
+    """Executive summary across all transcripts: main challenges and enablers, prevalence, grounded quotes.
+
+    The model writes the prose (map per code, then reduce); every number is computed by quallm and every
+    quote is an existing grounded coding. Writes study_summary.json and study_summary.md.
+    """
+    from quallm.synthesis import StudyOptions, study_summary, write_study_summary
+
+    try:
+        chat, _info = build_model(model, model_path, base_url, api_key_env, record, replay)
+        s = study_summary(
+            run_dir,
+            chat,
+            by,
+            codebook=_codebook_or_none(codebook),
+            options=StudyOptions(max_prompt_tokens=max_prompt_tokens),
+        )
+        paths = write_study_summary(s, run_dir)
+    except QuallmError as exc:
+        _fail(str(exc))
+        return
+    out_console.print("Written: " + ", ".join(str(p) for p in paths))
+    if s.failures:
+        for f in s.failures:
+            console.print(f"[red]failed:[/red] {f}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    run_dir: RunDirArg,
+    by: ByOpt = None,
+    codebook: CodebookOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file (default: RUN_DIR/report.html).")] = None,
+) -> None:
+    """One self-contained HTML report: run, matrix, prevalence by group, quotes in context, agreement."""
+    from quallm.report import render_report
+
+    try:
+        path = render_report(run_dir, out, by=by, codebook=_codebook_or_none(codebook))
+    except QuallmError as exc:
+        _fail(str(exc))
+        return
+    out_console.print(f"Report: {path}")
+
+
+@app.command()
+def export(
+    run_dir: RunDirArg,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="qdpx (REFI-QDA project) | csv | json.")] = "qdpx",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="File (.qdpx) or folder (csv/json); default in RUN_DIR.")
+    ] = None,
+    human: Annotated[
+        Path | None, typer.Option("--human", help="Also include this human coding (CSV or JSON) in the .qdpx.")
+    ] = None,
+) -> None:
+    """Export a run: a .qdpx for NVivo, ATLAS.ti, MAXQDA or QualCoder (machine as one more coder), CSV or JSON."""
+    try:
+        if fmt == "qdpx":
+            from quallm.exchange.qdpx import export_run
+
+            target = out or (run_dir / "project.qdpx")
+            summary = export_run(run_dir, target, include_human=human)
+            out_console.print(
+                f"Written: {target} ({summary.sources} sources, {summary.codes} codes, {summary.users} coders, "
+                f"{summary.selections} codings, {summary.notes} notes)"
+            )
+            for line in summary.skipped:
+                console.print(f"[yellow]skipped:[/yellow] {line}", highlight=False)
+        elif fmt in ("csv", "json"):
+            from quallm.exchange.tables import export_tables
+
+            paths = export_tables(run_dir, out or run_dir, fmt)
+            out_console.print("Written: " + ", ".join(str(p) for p in paths))
+        else:
+            _fail(f"--format must be qdpx, csv or json, not {fmt!r}")
+    except QuallmError as exc:
+        _fail(str(exc))
 
 
 # --- model commands (local model) ---

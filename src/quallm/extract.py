@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import partial
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -139,8 +140,8 @@ class Extractor:
     # --- requests -------------------------------------------------------------------------------
 
     def _request(
-        self, prompt_id: str, prompt_hash: str, system: str, user: str, schema: dict, name: str
-    ) -> ChatRequest:  # type: ignore[type-arg]
+        self, prompt_id: str, prompt_hash: str, system: str, user: str, schema: dict[str, Any], name: str
+    ) -> ChatRequest:
         return ChatRequest(
             model=self.model.name,
             endpoint=self.model.endpoint,
@@ -300,7 +301,7 @@ class Extractor:
             chunks = chunk_transcript(transcript, self.tokenizer, self.options.unit_tokens, coded_speakers=speakers)
             segs = [s for ch in chunks for s in ch.coded_segments]
             return [
-                (f"turn {s.turn_index}" + (f".{s.part}" if s.part else ""), lambda s=s: self.code_turn(transcript, s))
+                (f"turn {s.turn_index}" + (f".{s.part}" if s.part else ""), partial(self.code_turn, transcript, s))
                 for s in segs
             ]
         chunks = chunk_transcript(
@@ -310,7 +311,7 @@ class Extractor:
             context_tokens=self.options.context_tokens,
             coded_speakers=speakers,
         )
-        return [(f"chunk {c.index}", lambda c=c: self.code_chunk(transcript, c)) for c in chunks]
+        return [(f"chunk {c.index}", partial(self.code_chunk, transcript, c)) for c in chunks]
 
     def extract(self, transcript: Transcript, on_unit: Callable[[], None] | None = None) -> TranscriptResult:
         """Code one transcript. A failed unit is recorded and the rest of the transcript goes on."""

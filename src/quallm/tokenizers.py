@@ -83,7 +83,7 @@ def load_encoding(name: str) -> tiktoken.Encoding:
     # swapping in our local ranks for its download for the duration of the call.
     with _patch_lock:
         original = openai_public.load_tiktoken_bpe
-        openai_public.load_tiktoken_bpe = lambda *_a, **_k: ranks  # type: ignore[assignment]
+        openai_public.load_tiktoken_bpe = lambda *_a, **_k: ranks
         try:
             params = getattr(openai_public, name)()
         finally:

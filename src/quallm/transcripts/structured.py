@@ -94,7 +94,7 @@ def parse_captions(text: str, *, transcript_id: str, source: str, fmt: str, warn
         if fmt == "srt":
             captions: list[_Cue] | list[webvtt.Caption] = _srt_captions(text)
         else:
-            captions = list(webvtt.from_buffer(io.StringIO(text)))
+            captions = list(webvtt.from_buffer(io.StringIO(text)).captions)
     except Exception as exc:  # webvtt raises several error types for malformed files
         raise InputError(source, f"not a valid {fmt.upper()} file ({exc})") from exc
     b = _Builder()

@@ -65,7 +65,7 @@ def _find_marks(text: str) -> list[_Mark]:
 
 
 def _paragraph_turns(text: str) -> list[tuple[str, int, int, str | None]]:
-    out = []
+    out: list[tuple[str, int, int, str | None]] = []
     for m in re.finditer(r"\S(?:.|\n(?![ \t]*\n))*", text):
         out.append(("unknown", m.start(), m.start() + len(m.group(0).rstrip()), None))
     return out
