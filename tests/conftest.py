@@ -108,3 +108,10 @@ def sample_txt(tmp_path: Path) -> Path:
     p = tmp_path / "la_sample.txt"
     p.write_text(SAMPLE, encoding="utf-8")
     return p
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Hugging Face downloads and no remote endpoint from the environment during tests."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

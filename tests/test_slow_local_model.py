@@ -52,7 +52,7 @@ def model() -> Iterator[LocalLlamaModel]:
     if reason:
         pytest.skip(reason)
     choice = resolve_model("local:small", show_progress=False)
-    yield build_local_model(choice, n_ctx=2048)
+    yield build_local_model(choice, n_ctx=4096)  # room for the demo codebook prefix in the extract test
 
 
 def _request(model: LocalLlamaModel, excerpt: str, **changes: Any) -> ChatRequest:
@@ -122,3 +122,26 @@ def test_bad_grammar_is_rejected_before_it_can_crash(model: LocalLlamaModel) -> 
     # llama.cpp segfaults on a grammar it cannot parse; the backend checks grammars first.
     assert model._grammar_parses('root ::= "ok"')
     assert not model._grammar_parses("root ::= undefined-rule")
+
+
+def test_extract_with_the_real_small_model_gives_grounded_codings(model: LocalLlamaModel, tmp_path: Any) -> None:
+    """The whole per-unit pipeline on a short fixture: schema-valid answers, every coding grounded."""
+    from pathlib import Path
+
+    from quallm.codebook import Codebook
+    from quallm.extract import ExtractOptions, extract
+    from quallm.transcripts import load_transcript
+
+    demo = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
+    text = (demo / "la01_northshire.txt").read_text(encoding="utf-8")
+    short = tmp_path / "la01_short.txt"
+    short.write_text("\n\n".join(text.split("\n\n")[:8]) + "\n", encoding="utf-8")  # four exchanges
+    t = load_transcript(short)
+    result = extract(t, Codebook.load(demo / "codebook.yaml"), model, ExtractOptions(strategy="turn"))
+    assert result.failures == [], result.failures
+    assert result.calls >= len(t.coded_turns())
+    assert result.usage.prompt_tokens > 0 and result.usage.completion_tokens > 0
+    for c in result.codings:
+        assert c.start is not None and c.end is not None and t.text[c.start : c.end] == c.quote
+        assert not t.turns[c.turn_index or 0].is_interviewer
+    assert result.summary is not None and result.summary.narrative

@@ -50,7 +50,7 @@ class ExtractOptions(BaseModel):
     chunk_tokens: int = 3000
     context_tokens: int = 200
     unit_tokens: int = 1200
-    max_codes_per_unit: int = 3
+    max_codes_per_unit: int = 2
     max_codings_per_chunk: int = 40
     max_reasks: int = 2
     temperature: float = 0.0
