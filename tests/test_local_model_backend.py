@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import sys
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from quallm.errors import ModelError, ModelNotAvailableError
 from quallm.models.base import ChatModel, ChatRequest, Message, OutputMode
-from quallm.models.local_llama import LocalLlamaModel, available_cpus
+from quallm.models.local_llama import LocalLlamaModel, available_cpus, int_range_gbnf, schema_to_gbnf
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="grammar building needs llama-cpp-python")
@@ -238,3 +239,45 @@ def test_extra_buffers_switch_reaches_llama_and_is_restored(
     assert (seen["n_ctx"], seen["n_threads"], seen["verbose"]) == (1024, available_cpus(), False)
     assert "chat_format" not in seen  # the GGUF's own chat template is used
     assert model.count_tokens("a b") == 2
+
+
+def _gbnf_to_regex(gbnf: str) -> str:
+    """The digit grammars of int_range_gbnf are regular: quoted digits and classes, | and ()."""
+    return re.sub(r'"(\d+)"', r"\1", gbnf).replace(" ", "")
+
+
+@pytest.mark.parametrize("lo,hi", [(0, 0), (1, 1), (1, 9), (1, 37), (0, 100), (17, 17), (99, 101), (5, 1234)])
+def test_int_range_grammar_matches_exactly_the_range(lo: int, hi: int) -> None:
+    pattern = _gbnf_to_regex(int_range_gbnf(lo, hi))
+    for n in range(0, 2000):
+        assert bool(re.fullmatch(pattern, str(n))) == (lo <= n <= hi), n
+    for leading_zero in ("00", "01", "007"):
+        assert not re.fullmatch(pattern, leading_zero)
+
+
+@needs_llama_cpp
+def test_schema_grammar_uses_bounded_repetition_and_integer_ranges() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "narrative": {"type": "string", "maxLength": 1200},
+            "short": {"type": "string", "minLength": 2, "maxLength": 5},
+            "items": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1, "maximum": 37},
+                "maxItems": 3,
+            },
+            "free": {"type": "string"},
+        },
+        "required": ["narrative", "short", "items", "free"],
+        "additionalProperties": False,
+    }
+    gbnf = schema_to_gbnf(schema)
+    rules = dict(line.split(" ::= ", 1) for line in gbnf.strip().splitlines())
+    # llama.cpp expands x{m,n} itself; the stock port's n nested groups are refused above a few hundred.
+    assert rules["narrative"] == r'"\"" char{0,1200} "\"" space'
+    assert rules["short"] == r'"\"" char{2,5} "\"" space'
+    assert rules["items"] == '"[" space (items-item ("," space items-item){0,2})? "]" space'
+    assert rules["items-item"] == f"({int_range_gbnf(1, 37)}) space"
+    assert rules["free-kv"].endswith(" string")  # other cases go to the stock converter
+    assert rules["root"].startswith('"{" space narrative-kv')

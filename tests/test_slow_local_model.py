@@ -80,7 +80,8 @@ def _assert_schema_valid(text: str) -> None:
 def test_identity(model: LocalLlamaModel) -> None:
     assert model.name == LOCAL_SMALL_SPEC.file_name
     assert model.endpoint == f"local:{LOCAL_SMALL_SPEC.sha256[:16]}"
-    assert build_local_model(resolve_model("local:small", show_progress=False), n_ctx=2048) is model
+    again = build_local_model(resolve_model("local:small", show_progress=False), n_ctx=model.n_ctx)
+    assert again is model  # one loaded model per process
 
 
 def test_schema_constrained_answer(model: LocalLlamaModel) -> None:
@@ -124,7 +125,9 @@ def test_bad_grammar_is_rejected_before_it_can_crash(model: LocalLlamaModel) -> 
     assert not model._grammar_parses("root ::= undefined-rule")
 
 
-def test_extract_with_the_real_small_model_gives_grounded_codings(model: LocalLlamaModel, tmp_path: Any) -> None:
+def test_extract_with_the_real_small_model_gives_grounded_codings(
+    model: LocalLlamaModel, tmp_path: Any
+) -> None:
     """The whole per-unit pipeline on a short fixture: schema-valid answers, every coding grounded."""
     from pathlib import Path
 
@@ -145,3 +148,17 @@ def test_extract_with_the_real_small_model_gives_grounded_codings(model: LocalLl
         assert c.start is not None and c.end is not None and t.text[c.start : c.end] == c.quote
         assert not t.turns[c.turn_index or 0].is_interviewer
     assert result.summary is not None and result.summary.narrative
+
+
+def test_long_string_limits_give_grammars_llama_cpp_accepts(model: LocalLlamaModel) -> None:
+    # llama-cpp-python's own converter spells maxLength 1200 as 1200 nested groups, which llama.cpp
+    # refuses; ours must parse for every length our schemas use.
+    from quallm.models.local_llama import schema_to_gbnf
+
+    for limit in (200, 500, 1200, 2500):
+        schema = {
+            "type": "object",
+            "properties": {"t": {"type": "string", "maxLength": limit}},
+            "required": ["t"],
+        }
+        assert model._grammar_parses(schema_to_gbnf(schema)), limit

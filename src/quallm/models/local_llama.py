@@ -88,6 +88,114 @@ def _load_llama(path: Path, *, n_ctx: int, n_threads: int, n_gpu_layers: int, ex
             low.llama_model_default_params = original
 
 
+# --- JSON schema -> GBNF ---
+#
+# llama-cpp-python's converter (llama_grammar.SchemaConverter) is an old port of llama.cpp's: it
+# spells maxLength/maxItems N as N nested optional groups, which llama.cpp's parser refuses from a
+# few hundred up ("number of rules ... exceeds sane defaults"; our maxLength 1200 narrative fails),
+# and it ignores integer minimum/maximum. We override those two cases the way current llama.cpp
+# does (GBNF ``x{m,n}``) and bound integers by digit ranges; everything else is the stock converter.
+
+
+def _gbnf_repetition(item: str, min_items: int, max_items: int | None, separator: str | None = None) -> str:
+    """``item`` repeated min..max times (max None: unbounded), as llama.cpp's build_repetition."""
+    if max_items == 0:
+        return ""
+    if min_items == 0 and max_items == 1:
+        return f"{item}?"
+    if not separator:
+        if max_items is None:
+            return (
+                f"{item}+" if min_items == 1 else f"{item}*" if min_items == 0 else f"{item}{{{min_items},}}"
+            )
+        return f"{item}{{{min_items},{max_items}}}"
+    rest = _gbnf_repetition(
+        f"({separator} {item})", max(min_items - 1, 0), None if max_items is None else max_items - 1
+    )
+    result = f"{item} {rest}".rstrip()
+    return f"({result})?" if min_items == 0 else result
+
+
+def _digit_span(lo: str, hi: str) -> str:
+    """GBNF for the numbers lo..hi written with the same number of digits (lo <= hi)."""
+    if lo == hi:
+        return f'"{lo}"'
+    if len(lo) == 1:
+        return f"[{lo}-{hi}]"
+    tail = len(lo) - 1
+    if lo[0] == hi[0]:
+        return f'"{lo[0]}" ({_digit_span(lo[1:], hi[1:])})'
+    if lo[1:] == "0" * tail and hi[1:] == "9" * tail:
+        return f"[{lo[0]}-{hi[0]}]" + " [0-9]" * tail
+    alternatives = [f'"{lo[0]}" ({_digit_span(lo[1:], "9" * tail)})']
+    if int(hi[0]) - int(lo[0]) > 1:
+        alternatives.append(f"[{int(lo[0]) + 1}-{int(hi[0]) - 1}]" + " [0-9]" * tail)
+    alternatives.append(f'"{hi[0]}" ({_digit_span("0" * tail, hi[1:])})')
+    return " | ".join(alternatives)
+
+
+def int_range_gbnf(lo: int, hi: int) -> str:
+    """GBNF matching exactly the decimal integers lo..hi (0 <= lo <= hi), without leading zeros."""
+    spans = []
+    for digits in range(len(str(lo)), len(str(hi)) + 1):
+        start = max(lo, 10 ** (digits - 1) if digits > 1 else 0)
+        end = min(hi, 10**digits - 1)
+        if start <= end:
+            spans.append(f"({_digit_span(str(start), str(end))})")
+    return " | ".join(spans)
+
+
+def _bounded_int(schema: dict[str, Any]) -> tuple[int, int] | None:
+    """(lo, hi) of an integer schema with a non-negative inclusive range, else None."""
+    lo = schema.get("minimum", 0 if "exclusiveMinimum" not in schema else None)
+    hi = schema.get("maximum")
+    if isinstance(schema.get("exclusiveMinimum"), int):
+        lo = schema["exclusiveMinimum"] + 1
+    if isinstance(schema.get("exclusiveMaximum"), int):
+        hi = schema["exclusiveMaximum"] - 1
+    if isinstance(lo, bool) or isinstance(hi, bool) or not isinstance(lo, int) or not isinstance(hi, int):
+        return None
+    return (lo, hi) if 0 <= lo <= hi else None
+
+
+_SHAPE_KEYS = {"$ref", "oneOf", "anyOf", "allOf", "const", "enum", "properties", "pattern", "format"}
+
+
+def schema_to_gbnf(schema: dict[str, Any]) -> str:
+    """A llama.cpp GBNF grammar that accepts exactly the JSON documents of ``schema`` (as far as
+    GBNF can: see the notes above); raises on a schema the converter does not understand."""
+    from llama_cpp import llama_grammar as lg
+
+    class Converter(lg.SchemaConverter):
+        def visit(self, node: dict[str, Any], name: str) -> str:
+            rule_name = name + "-" if name in lg.RESERVED_NAMES else name or "root"
+            kind = node.get("type")
+            if not (_SHAPE_KEYS & node.keys()):
+                if kind == "string" and ("minLength" in node or "maxLength" in node):
+                    char = self._add_primitive("char", lg.PRIMITIVE_RULES["char"])
+                    body = _gbnf_repetition(char, int(node.get("minLength", 0)), node.get("maxLength"))
+                    return str(self._add_rule(rule_name, rf'"\"" {body} "\"" space'))
+                if (
+                    kind in (None, "array")
+                    and isinstance(node.get("items"), dict)
+                    and "prefixItems" not in node
+                ):
+                    item = self.visit(node["items"], f"{name}{'-' if name else ''}item")
+                    body = _gbnf_repetition(
+                        item, int(node.get("minItems", 0)), node.get("maxItems"), separator='"," space'
+                    )
+                    return str(self._add_rule(rule_name, f'"[" space {body} "]" space'))
+                bounds = _bounded_int(node) if kind == "integer" else None
+                if bounds is not None:
+                    return str(self._add_rule(rule_name, f"({int_range_gbnf(*bounds)}) space"))
+            return str(super().visit(node, name))
+
+    converter = Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "stdin")  # it edits in place
+    converter.visit(resolved, "")
+    return str(converter.format_grammar())
+
+
 class LocalLlamaModel:
     """A :class:`~quallm.models.base.ChatModel` on ``llama_cpp.Llama``, loaded once and kept.
 
@@ -233,7 +341,7 @@ class LocalLlamaModel:
         cached = self._grammars.get(key)
         if cached is not None:
             return cached
-        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
         # We build the grammar ourselves instead of passing response_format: llama-cpp-python
         # rebuilds it on every call and silently falls back to "any JSON" when the schema does not
@@ -241,7 +349,7 @@ class LocalLlamaModel:
         gbnf = JSON_GBNF
         if schema is not None:
             try:
-                converted = json_schema_to_gbnf(json.dumps(schema))
+                converted = schema_to_gbnf(schema)
             except Exception as exc:
                 log.warning(
                     "JSON schema not convertible to a llama.cpp grammar (%s); constraining to any JSON", exc
