@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 from quallm.codebook import Codebook
 from quallm.extract import ExtractOptions, Extractor
+from quallm.models.base import ChatRequest, Completion
 from quallm.models.openai_compat import OpenAICompatModel
 from quallm.runner import run_extraction
 from quallm.testing.server import Faults, OpenAITestServer
@@ -67,10 +69,28 @@ def run_sequential_transcripts(paths: list[Path], model: OpenAICompatModel, conc
     return time.perf_counter() - t0
 
 
+class LimitedModel:
+    """Caps requests in flight across every thread (so pooled transcripts x pooled units stay <= the limit)."""
+
+    def __init__(self, inner: OpenAICompatModel, limit: int) -> None:
+        self.inner = inner
+        self._slots = threading.BoundedSemaphore(max(1, limit))
+        self.name, self.endpoint, self.output_mode = inner.name, inner.endpoint, inner.output_mode
+
+    def count_tokens(self, text: str) -> int:
+        """The wrapped model's count."""
+        return self.inner.count_tokens(text)
+
+    def complete(self, request: ChatRequest) -> Completion:
+        """One request, when a slot is free."""
+        with self._slots:
+            return self.inner.complete(request)
+
+
 def run_concurrent_transcripts(paths: list[Path], model: OpenAICompatModel, concurrency: int) -> float:
-    """Prototype: transcripts in a pool too, sharing the request budget (units per transcript stay pooled)."""
+    """Prototype: transcripts in a pool too, with one global cap of ``concurrency`` requests in flight."""
     opts = ExtractOptions(strategy="turn", summary=False, concurrency=concurrency)
-    extractor = Extractor(model, CODEBOOK, opts)
+    extractor = Extractor(LimitedModel(model, concurrency), CODEBOOK, opts)
     transcripts = [load_transcript(p) for p in paths]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
@@ -91,21 +111,21 @@ def main() -> None:
         f"{args.units // 4} x 4 units": write_transcripts(tmp / "many", args.units // 4, 4),
     }
     ideal_total = args.units * args.latency
-    print(f"{args.units} units, {args.latency:.2f} s latency per request; ideal wall = {ideal_total:.1f} s / concurrency")
-    print(f"{'layout':<34} {'conc':>4} {'wall s':>8} {'ideal s':>8} {'fraction':>8}")
+    print(f"{args.units} units, {args.latency:.2f} s latency each; ideal wall = {ideal_total:.1f} s / concurrency")
+    print(f"{'layout':<38} {'conc':>4} {'wall s':>8} {'ideal s':>8} {'fraction':>8}")
     with OpenAITestServer(answer, Faults(latency=args.latency)) as srv:
         model = OpenAICompatModel("test-model", base_url=srv.base_url, timeout=30)
         for name, paths in layouts.items():
             for c in args.concurrency:
                 wall = run_sequential_transcripts(paths, model, c, tmp / f"run-{len(paths)}-{c}")
                 ideal = ideal_total / c
-                print(f"{name + ' (runner as is)':<34} {c:>4} {wall:>8.2f} {ideal:>8.2f} {ideal / wall:>8.2f}")
+                print(f"{name + ' (runner as is)':<38} {c:>4} {wall:>8.2f} {ideal:>8.2f} {ideal / wall:>8.2f}")
         many = layouts[f"{args.units // 4} x 4 units"]
         for c in args.concurrency:
             wall = run_concurrent_transcripts(many, model, c)
             ideal = ideal_total / c
-            label = f"{args.units // 4} x 4 (transcripts pooled)"
-            print(f"{label:<34} {c:>4} {wall:>8.2f} {ideal:>8.2f} {ideal / wall:>8.2f}")
+            label = f"{args.units // 4} x 4 (transcripts pooled, capped)"
+            print(f"{label:<38} {c:>4} {wall:>8.2f} {ideal:>8.2f} {ideal / wall:>8.2f}")
         print(f"requests served: {len(srv.chat_requests)}")
 
 

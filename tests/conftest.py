@@ -111,7 +111,8 @@ def sample_txt(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No Hugging Face downloads and no remote endpoint from the environment during tests."""
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No Hugging Face downloads, no remote endpoint from the environment, and a fresh response cache."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("QUALLM_CACHE", str(tmp_path / "responses.sqlite3"))
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

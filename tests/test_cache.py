@@ -108,36 +108,11 @@ def test_second_run_makes_zero_model_calls(tmp_path: Path, sample_txt: Path, tin
 
 # --- kill and resume ------------------------------------------------------------------------------
 
-_FALLBACK = """
-import sys
-from quallm.cache import CachedModel, ResponseCache
-from quallm.codebook import Codebook
-from quallm.extract import ExtractOptions
-from quallm.models.openai_compat import OpenAICompatModel
-from quallm.runner import run_extraction
-inputs, cb, out, base, cache = sys.argv[1:-4], sys.argv[-4], sys.argv[-3], sys.argv[-2], sys.argv[-1]
-model = CachedModel(OpenAICompatModel("test-model", base_url=base), ResponseCache(cache))
-opts = ExtractOptions(strategy="turn", concurrency=4)
-sys.exit(0 if run_extraction(inputs, Codebook.load(cb), model, out, options=opts).ok else 1)
-"""
-
-
-def _cli_has_cache_flag() -> bool:
-    from typer.main import get_command
-
-    from quallm.cli import app
-
-    extract = get_command(app).commands["extract"]  # type: ignore[attr-defined]
-    return any("--cache" in p.opts for p in extract.params)
-
-
 def _extract_cmd(inputs: list[Path], cb: Path, out: Path, base_url: str, cache: Path) -> list[str]:
-    """``quallm extract ... --cache PATH``; until the CLI has ``--cache``, the same run via the library."""
-    if _cli_has_cache_flag():
-        cli = str(Path(sys.executable).with_name("quallm"))
-        opts = ["-c", str(cb), "-o", str(out), "-m", "test-model", "--base-url", base_url, "--strategy", "turn"]
-        return [cli, "extract", *map(str, inputs), *opts, "--concurrency", "4", "--cache", str(cache)]
-    return [sys.executable, "-c", _FALLBACK, *map(str, inputs), str(cb), str(out), base_url, str(cache)]
+    """``quallm extract ... --cache PATH`` against the test server."""
+    cli = str(Path(sys.executable).with_name("quallm"))
+    opts = ["-c", str(cb), "-o", str(out), "-m", "test-model", "--base-url", base_url, "--strategy", "turn"]
+    return [cli, "extract", *map(str, inputs), *opts, "--concurrency", "4", "--cache", str(cache)]
 
 
 def _env() -> dict[str, str]:

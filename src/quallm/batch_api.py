@@ -28,6 +28,7 @@ from quallm.codebook import Codebook
 from quallm.errors import ConfigError, NetworkDisabledError, QuallmError, TransportError
 from quallm.extract import ExtractOptions, Extractor, fingerprint
 from quallm.models.base import ChatModel, ChatRequest, Completion, OutputMode, Usage
+from quallm.models.openai_compat import chat_body
 from quallm.rundir import RunDir, atomic_write_text, now_iso
 from quallm.runner import Progress, RunReport, run_extraction
 from quallm.transcripts import expand_paths, load_metadata, load_transcript
@@ -67,34 +68,6 @@ def collect_unit_requests(extractor: Extractor, transcripts: Sequence[Transcript
         for _, req in unit_requests(extractor, t):
             seen.setdefault(req.key(), req)
     return list(seen.values())
-
-
-def chat_body(request: ChatRequest, mode: OutputMode | None = None) -> dict[str, Any]:
-    """The chat-completions body ``OpenAICompatModel`` sends for ``request`` in output ``mode``."""
-    from quallm.models.openai_compat import _with_schema_in_prompt
-
-    mode = mode or request.output_mode
-    messages = list(request.messages)
-    body: dict[str, Any] = {}
-    if request.json_schema is not None:
-        if mode == OutputMode.JSON_SCHEMA:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": True},
-            }
-        else:
-            if mode == OutputMode.JSON_OBJECT:
-                body["response_format"] = {"type": "json_object"}
-            messages = _with_schema_in_prompt(messages, request.json_schema)
-    if request.seed is not None:
-        body["seed"] = request.seed
-    return {
-        "model": request.model,
-        "messages": [{"role": m.role, "content": m.content} for m in messages],
-        "temperature": request.temperature,
-        "max_tokens": request.max_tokens,
-        **body,
-    }
 
 
 def to_batch_jsonl(requests: Sequence[ChatRequest]) -> bytes:
@@ -363,9 +336,9 @@ class BatchRunResult:
     status: str
     batch: BatchInfo | None
     report: RunReport | None
-    from_batch: int = 0
-    sent_directly: int = 0
-    failed_lines: int = 0
+    from_batch: int = 0  # requests answered from batch output
+    sent_directly: int = 0  # summaries, re-asks and failed lines, sent to the fallback
+    failed_lines: int = 0  # batch lines that failed (kept in batch_errors-<id>.jsonl)
 
 
 def _pending_transcripts(
@@ -464,4 +437,3 @@ def run_batch_extraction(
         sent_directly=answering.forwarded,
         failed_lines=len(batch_errors(run.path)),
     )
-

@@ -34,11 +34,17 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 
 
+CACHE_ENV = "QUALLM_CACHE"
+
+
 def default_cache_path() -> Path:
-    """``<user cache dir>/quallm/responses.sqlite3`` (platformdirs)."""
+    """``$QUALLM_CACHE``, else ``<user cache dir>/quallm/responses.sqlite3`` (platformdirs)."""
+    import os
+
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("quallm")) / "responses.sqlite3"
+    override = os.environ.get(CACHE_ENV)
+    return Path(override) if override else Path(platformdirs.user_cache_dir("quallm")) / "responses.sqlite3"
 
 
 class CacheStats(BaseModel):

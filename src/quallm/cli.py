@@ -87,23 +87,33 @@ def build_model(
     record: Path | None,
     replay: Path | None,
     azure_api_version: str | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """The chat model the options ask for, wrapped for record/replay; plus facts for the manifest."""
+    cache: Path | None = None,
+    use_cache: bool = False,
+) -> tuple[Any, dict[str, Any], Any]:
+    """The chat model the options ask for, wrapped for cache and record/replay; manifest facts; the bare backend.
+
+    The cache sits inside the recorder, so a recording holds every exchange of the run, cached or not.
+    """
+    from quallm.cache import CachedModel, ResponseCache
     from quallm.models.factory import build_chat_model
     from quallm.models.resolve import resolve_model
     from quallm.recording import RecordingModel, ReplayModel
 
     if replay is not None:
         rm = ReplayModel(replay)
-        return rm, {"backend": "replay", "recordings": str(replay)}
+        return rm, {"backend": "replay", "recordings": str(replay)}, rm
     choice = resolve_model(
         model, model_path=str(model_path) if model_path else None, base_url=base_url, api_key_env=api_key_env
     )
-    chat, info = build_chat_model(choice, api_key_env=api_key_env, azure_api_version=azure_api_version)
+    bare, info = build_chat_model(choice, api_key_env=api_key_env, azure_api_version=azure_api_version)
+    chat: Any = bare
+    if use_cache:
+        chat = CachedModel(chat, ResponseCache(cache))
+        info["cache"] = str(chat.cache.path)
     if record is not None:
         chat = RecordingModel(chat, record)
         info["recorded_to"] = str(record)
-    return chat, info
+    return chat, info, bare
 
 
 @app.command()
@@ -146,6 +156,18 @@ def extract(
     replay: Annotated[
         Path | None, typer.Option("--replay", help="Answer only from recordings in this folder (no model is run).")
     ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option("--cache", help="Response cache file (default: responses.sqlite3 in the user cache dir)."),
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")] = False,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="Send the job through the OpenAI Batch API; run again to collect.")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="With --batch: poll until the batch is done.")] = False,
+    poll_interval: Annotated[
+        float, typer.Option("--poll-interval", help="With --batch --wait: seconds between polls.")
+    ] = 60.0,
 ) -> None:
     """Code transcripts against a codebook: challenges and enablers with grounded quotes, and summaries.
 
@@ -159,7 +181,9 @@ def extract(
         _fail(f"--strategy must be auto, turn or chunk, not {strategy!r}")
     try:
         cb = Codebook.load(codebook)
-        chat, info = build_model(model, model_path, base_url, api_key_env, record, replay, azure_api_version)
+        chat, info, bare = build_model(
+            model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache
+        )
         local = chat.endpoint.startswith("local:")
         options = ExtractOptions(
             strategy=strategy,  # type: ignore[arg-type]
@@ -190,18 +214,36 @@ def extract(
             console=console,
             transient=False,
         ) as progress:
-            report = run_extraction(
-                transcripts,
-                cb,
-                chat,
-                out,
-                options=options,
-                metadata_path=metadata,
-                codebook_path=codebook,
-                model_info=info,
-                progress=_RichProgress(progress),
-                should_stop=lambda: stop["flag"],
-            )
+            if batch:
+                report = _run_batch(
+                    transcripts,
+                    cb,
+                    chat,
+                    bare,
+                    out,
+                    options,
+                    metadata,
+                    codebook,
+                    info,
+                    wait,
+                    poll_interval,
+                    _RichProgress(progress),
+                )
+                if report is None:
+                    return
+            else:
+                report = run_extraction(
+                    transcripts,
+                    cb,
+                    chat,
+                    out,
+                    options=options,
+                    metadata_path=metadata,
+                    codebook_path=codebook,
+                    model_info=info,
+                    progress=_RichProgress(progress),
+                    should_stop=lambda: stop["flag"],
+                )
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/yellow] Finished transcripts are saved; run the same command to resume.")
         raise typer.Exit(130) from None
@@ -225,6 +267,118 @@ def extract(
         console.print("Stopped early; run the same command again to resume.")
     if not report.ok or stop["flag"]:
         raise typer.Exit(1)
+
+
+def _run_batch(
+    transcripts: list[Path],
+    cb: Any,
+    chat: Any,
+    bare: Any,
+    out: Path,
+    options: Any,
+    metadata: Path | None,
+    codebook: Path,
+    info: dict[str, Any],
+    wait: bool,
+    poll_interval: float,
+    progress: Any,
+) -> Any:
+    """Submit or collect an OpenAI Batch API job; None while it is still pending."""
+    from quallm.batch_api import run_batch_extraction
+    from quallm.models.openai_compat import OpenAICompatModel
+
+    if not isinstance(bare, OpenAICompatModel):
+        raise QuallmError("--batch needs an OpenAI-compatible endpoint (--model NAME with a key or --base-url)")
+    res = run_batch_extraction(
+        transcripts,
+        cb,
+        bare,
+        out,
+        options=options,
+        fallback=chat,
+        wait=wait,
+        poll_interval=poll_interval,
+        metadata_path=metadata,
+        codebook_path=codebook,
+        model_info=info,
+        progress=progress,
+    )
+    if res.status == "pending":
+        batch_id = res.batch.batch_id if res.batch else "?"
+        out_console.print(f"Batch {batch_id} submitted or still running; run the same command again to collect it.")
+        return None
+    out_console.print(
+        f"Batch: {res.from_batch} answers from the batch, {res.sent_directly} sent directly, "
+        f"{res.failed_lines} failed lines retried."
+    )
+    return res.report
+
+
+@app.command()
+def estimate(
+    transcripts: Annotated[list[Path], typer.Argument(help="Transcript files or folders.")],
+    codebook: Annotated[Path, typer.Option("--codebook", "-c", help="Codebook YAML.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name, e.g. gpt-4o-mini.")] = "gpt-4o-mini",
+    strategy: Annotated[str, typer.Option("--strategy", help="turn | chunk (remote default: chunk).")] = "chunk",
+    chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Token budget of a chunk.")] = 3000,
+    prices: Annotated[
+        Path | None, typer.Option("--prices", help="JSON/YAML price table overriding the shipped one.")
+    ] = None,
+) -> None:
+    """Chunks, prompt and expected completion tokens, and cost of a job, without calling any model."""
+    from quallm.codebook import Codebook
+    from quallm.estimate import estimate as do_estimate
+    from quallm.extract import ExtractOptions
+    from quallm.transcripts import Transcript, load_transcripts
+
+    if strategy not in ("turn", "chunk"):
+        _fail(f"--strategy must be turn or chunk, not {strategy!r}")
+    try:
+        cb = Codebook.load(codebook)
+        loaded = []
+        for t in load_transcripts(transcripts):
+            if isinstance(t, Transcript):
+                loaded.append(t)
+            else:
+                console.print(f"[red]error:[/red] {t}", highlight=False)
+        options = ExtractOptions(strategy=cast(Literal["turn", "chunk"], strategy), chunk_tokens=chunk_tokens)
+        est = do_estimate(loaded, cb, model, options, prices)
+    except QuallmError as exc:
+        _fail(str(exc))
+        return
+    out_console.print(est.render())
+
+
+cache_app = typer.Typer(help="The response cache: stats and clear.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("stats")
+def cache_stats(
+    path: Annotated[Path | None, typer.Option("--cache", help="Cache file (default: the user cache dir's).")] = None,
+) -> None:
+    """Entries and size of the response cache."""
+    from quallm.cache import ResponseCache
+
+    try:
+        out_console.print(ResponseCache(path).stats().model_dump_json(indent=2))
+    except QuallmError as exc:
+        _fail(str(exc))
+
+
+@cache_app.command("clear")
+def cache_clear(
+    path: Annotated[Path | None, typer.Option("--cache", help="Cache file (default: the user cache dir's).")] = None,
+) -> None:
+    """Delete every cached response."""
+    from quallm.cache import ResponseCache
+
+    try:
+        c = ResponseCache(path)
+        c.clear()
+        out_console.print(f"Cleared {c.path}")
+    except QuallmError as exc:
+        _fail(str(exc))
 
 
 # --- reconcile command (agreement) ---
@@ -417,7 +571,7 @@ def study_summary_cmd(
     from quallm.synthesis import StudyOptions, study_summary, write_study_summary
 
     try:
-        chat, _info = build_model(model, model_path, base_url, api_key_env, record, replay)
+        chat, _info, _bare = build_model(model, model_path, base_url, api_key_env, record, replay)
         s = study_summary(
             run_dir,
             chat,

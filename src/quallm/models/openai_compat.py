@@ -150,27 +150,7 @@ class OpenAICompatModel:
         return sender(request, mode)
 
     def _send(self, request: ChatRequest, mode: OutputMode) -> Completion:
-        messages = list(request.messages)
-        kwargs: dict[str, Any] = {}
-        if request.json_schema is not None:
-            if mode == OutputMode.JSON_SCHEMA:
-                kwargs["response_format"] = {
-                    "type": "json_schema",
-                    "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": True},
-                }
-            else:
-                if mode == OutputMode.JSON_OBJECT:
-                    kwargs["response_format"] = {"type": "json_object"}
-                messages = _with_schema_in_prompt(messages, request.json_schema)
-        if request.seed is not None:
-            kwargs["seed"] = request.seed
-        resp = self._client.chat.completions.create(
-            model=request.model,
-            messages=[{"role": m.role, "content": m.content} for m in messages],
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-            **kwargs,
-        )
+        resp = self._client.chat.completions.create(**chat_body(request, mode))
         choice = resp.choices[0]
         usage = resp.usage
         return Completion(
@@ -182,6 +162,32 @@ class OpenAICompatModel:
             ),
             model=resp.model or request.model,
         )
+
+
+def chat_body(request: ChatRequest, mode: OutputMode | None = None) -> dict[str, Any]:
+    """The chat-completions body sent for ``request`` in output ``mode`` (also each Batch API line)."""
+    mode = mode or request.output_mode
+    messages = list(request.messages)
+    body: dict[str, Any] = {}
+    if request.json_schema is not None:
+        if mode == OutputMode.JSON_SCHEMA:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": True},
+            }
+        else:
+            if mode == OutputMode.JSON_OBJECT:
+                body["response_format"] = {"type": "json_object"}
+            messages = _with_schema_in_prompt(messages, request.json_schema)
+    if request.seed is not None:
+        body["seed"] = request.seed
+    return {
+        "model": request.model,
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+        **body,
+    }
 
 
 def _with_schema_in_prompt(messages: list[Message], schema: dict[str, Any]) -> list[Message]:
