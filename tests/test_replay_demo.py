@@ -11,15 +11,15 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.conftest import DEMO, ROOT
 
 from quallm.codebook import Codebook
 from quallm.exchange.qdpx import export_run, read_qdpx
-from quallm.recording import ReplayModel
 from quallm.reconciling import reconcile_run
+from quallm.recording import ReplayModel
 from quallm.report import render_report
 from quallm.runner import run_extraction
 from quallm.transcripts import load_transcript
-from tests.conftest import DEMO, ROOT
 
 RECORDINGS = ROOT / "fixtures" / "recordings" / "demo"
 
