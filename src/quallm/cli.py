@@ -393,7 +393,7 @@ def _print_agreement(report: Any) -> None:
         title=f"Agreement on {report.n_units} {report.unit} units, {report.n_transcripts} transcripts "
         f"(pooled over {len(report.codes)} codes; 95% bootstrap CI)"
     )
-    for col in ("pair", "kind", "", "percent", "kappa", "alpha", "AC1", "P", "R", "F1"):
+    for col in ("pair", "kind", "pooled", "percent", "kappa [95% CI]", "alpha", "AC1", "P", "R", "F1"):
         table.add_column(col)
     pairs = sorted(report.pairs, key=lambda p: (p.kind != "human-human", p.pair))
     for p in pairs:
@@ -401,13 +401,16 @@ def _print_agreement(report: Any) -> None:
             table.add_row(
                 p.pair,
                 p.kind,
-                s.code,
+                s.code.strip("()"),
+                format_estimate(s.percent, 2).split(" ")[0],
+                format_estimate(s.kappa, 2),
                 *(
-                    format_estimate(getattr(s, k), 2)
-                    for k in ("percent", "kappa", "alpha", "ac1", "precision", "recall", "f1")
+                    format_estimate(getattr(s, k), 2).split(" ")[0]
+                    for k in ("alpha", "ac1", "precision", "recall", "f1")
                 ),
             )
-    out_console.print(table)
+    # A table this wide is unreadable wrapped at 80 columns when the output is piped or logged.
+    (out_console if out_console.is_terminal else Console(width=180)).print(table)
     if report.group is not None:
         g = report.group.micro
         out_console.print(
