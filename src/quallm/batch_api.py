@@ -27,7 +27,7 @@ from quallm.chunking import Chunk, Segment
 from quallm.codebook import Codebook
 from quallm.errors import ConfigError, NetworkDisabledError, QuallmError, TransportError
 from quallm.extract import ExtractOptions, Extractor, fingerprint
-from quallm.models.base import ChatModel, ChatRequest, Completion, OutputMode, Usage
+from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper, Usage
 from quallm.models.openai_compat import chat_body
 from quallm.rundir import RunDir, atomic_write_text, now_iso
 from quallm.runner import Progress, RunReport, run_extraction
@@ -286,34 +286,16 @@ def batch_errors(run_dir: str | Path) -> dict[str, str]:
 # --- answering from the batch ---------------------------------------------------------------------
 
 
-class BatchAnswersModel:
+class BatchAnswersModel(ModelWrapper):
     """A ChatModel that answers from batch results by request key, and sends anything else to ``fallback``."""
 
     def __init__(self, answers: dict[str, Completion], fallback: ChatModel) -> None:
+        super().__init__(fallback)  # the batch ran the same model, so identity and tokenizer are the fallback's
         self.answers = answers
         self.fallback = fallback
         self.from_batch = 0
         self.forwarded = 0
         self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        """The fallback model's id (the batch ran the same model)."""
-        return self.fallback.name
-
-    @property
-    def endpoint(self) -> str:
-        """The fallback model's endpoint identity."""
-        return self.fallback.endpoint
-
-    @property
-    def output_mode(self) -> OutputMode:
-        """The fallback model's output mode."""
-        return self.fallback.output_mode
-
-    def count_tokens(self, text: str) -> int:
-        """The fallback model's token count."""
-        return self.fallback.count_tokens(text)
 
     def complete(self, request: ChatRequest) -> Completion:
         """The batch's answer for exactly this request, else a normal request to the fallback."""

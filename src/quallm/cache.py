@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from quallm.errors import ConfigError
-from quallm.models.base import ChatModel, ChatRequest, Completion, OutputMode
+from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -210,31 +210,12 @@ class ResponseCache:
         return [self.path, self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")]
 
 
-class CachedModel:
+class CachedModel(ModelWrapper):
     """Wraps a backend; answers repeated requests from a :class:`ResponseCache`."""
 
     def __init__(self, inner: ChatModel, cache: ResponseCache) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.cache = cache
-
-    @property
-    def name(self) -> str:
-        """The wrapped model's id."""
-        return self.inner.name
-
-    @property
-    def endpoint(self) -> str:
-        """The wrapped model's endpoint identity."""
-        return self.inner.endpoint
-
-    @property
-    def output_mode(self) -> OutputMode:
-        """The wrapped model's output mode."""
-        return self.inner.output_mode
-
-    def count_tokens(self, text: str) -> int:
-        """The wrapped model's token count."""
-        return self.inner.count_tokens(text)
 
     def complete(self, request: ChatRequest) -> Completion:
         """A cached answer, or the wrapped model's (stored the moment it arrives)."""

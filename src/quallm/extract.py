@@ -29,8 +29,8 @@ from quallm.codebook import Codebook
 from quallm.codings import Coding
 from quallm.errors import ModelError, describe
 from quallm.grounding import align_quote
-from quallm.models.base import ChatModel, ChatRequest, Message, Usage
-from quallm.prompting import load_prompt, render_codebook
+from quallm.models.base import ChatModel, ChatRequest, Usage
+from quallm.prompting import PromptTemplate, load_prompt, render_codebook
 from quallm.reask import ask
 from quallm.results import Failure, TranscriptResult, Ungrounded
 from quallm.schemas import ChunkAnswer, TurnAnswer, chunk_schema, turn_schema
@@ -139,28 +139,21 @@ class Extractor:
 
     # --- requests -------------------------------------------------------------------------------
 
-    def _request(
-        self, prompt_id: str, prompt_hash: str, system: str, user: str, schema: dict[str, Any], name: str
-    ) -> ChatRequest:
-        return ChatRequest(
-            model=self.model.name,
-            endpoint=self.model.endpoint,
-            messages=(Message(role="system", content=system), Message(role="user", content=user)),
-            json_schema=schema,
-            schema_name=name,
-            output_mode=self.model.output_mode,
-            temperature=self.options.temperature,
-            max_tokens=self.options.max_tokens,
-            seed=self.options.seed,
-            prompt_id=prompt_id,
-            prompt_hash=prompt_hash,
+    def _request(self, prompt: PromptTemplate, schema: dict[str, Any], name: str, **values: str) -> ChatRequest:
+        o = self.options
+        return prompt.request(
+            self.model, schema, name, temperature=o.temperature, max_tokens=o.max_tokens, seed=o.seed, **values
         )
 
     def turn_request(self, transcript: Transcript, seg: Segment) -> ChatRequest:
         """The per-unit request for one coded segment, its sentences numbered."""
         sentences = sentence_spans(seg.text, seg.start)
         numbered = "\n".join(f"[{n}] {transcript.text[a:b]}" for n, (a, b) in enumerate(sentences, start=1))
-        system, user = self._turn_prompt.render(
+        schema = turn_schema(self.codebook.ids, self.options.max_codes_per_unit, len(sentences))
+        return self._request(
+            self._turn_prompt,
+            schema,
+            "turn_codes",
             codebook_name=self.codebook.name,
             codebook=self._codebook_text,
             max_codes=str(self.options.max_codes_per_unit),
@@ -168,8 +161,6 @@ class Extractor:
             speaker=seg.speaker,
             answer=numbered,
         )
-        schema = turn_schema(self.codebook.ids, self.options.max_codes_per_unit, len(sentences))
-        return self._request("code_turn", self._turn_prompt.hash, system, user, schema, "turn_codes")
 
     def chunk_request(self, chunk: Chunk) -> ChatRequest:
         """The whole-chunk request: numbered segments, only CODE segments to be coded."""
@@ -183,14 +174,16 @@ class Extractor:
                 f"({s.speaker}) {s.text}" for s in chunk.context
             )
             ctx += "\n"
-        system, user = self._chunk_prompt.render(
+        schema = chunk_schema(self.codebook.ids, len(chunk.segments), self.options.max_codings_per_chunk)
+        return self._request(
+            self._chunk_prompt,
+            schema,
+            "chunk_codings",
             codebook_name=self.codebook.name,
             codebook=self._codebook_text,
             context=ctx,
             segments="\n\n".join(lines),
         )
-        schema = chunk_schema(self.codebook.ids, len(chunk.segments), self.options.max_codings_per_chunk)
-        return self._request("code_chunk", self._chunk_prompt.hash, system, user, schema, "chunk_codings")
 
     # --- units ----------------------------------------------------------------------------------
 

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from string import Template
+from typing import Any
 
 from quallm.codebook import Code, Codebook
 from quallm.errors import ConfigError
+from quallm.models.base import ChatModel, ChatRequest, Message
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,33 @@ class PromptTemplate:
     def hash(self) -> str:
         """sha256 of both template files (first 16 hex digits)."""
         return hashlib.sha256((self.system + "\x00" + self.user).encode()).hexdigest()[:16]
+
+    def request(
+        self,
+        model: ChatModel,
+        schema: dict[str, Any],
+        schema_name: str,
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int | None,
+        **values: str,
+    ) -> ChatRequest:
+        """The rendered prompt as a frozen request for ``model``, carrying this template's id and hash."""
+        system, user = self.render(**values)
+        return ChatRequest(
+            model=model.name,
+            endpoint=model.endpoint,
+            messages=(Message(role="system", content=system), Message(role="user", content=user)),
+            json_schema=schema,
+            schema_name=schema_name,
+            output_mode=model.output_mode,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            prompt_id=self.id,
+            prompt_hash=self.hash,
+        )
 
     def render(self, **values: str) -> tuple[str, str]:
         """(system, user) with ``$names`` filled; a missing value is a programming error."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from quallm.errors import ConfigError, ReplayMissError
-from quallm.models.base import ChatModel, ChatRequest, Completion, OutputMode
+from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper, OutputMode
 
 FORMAT = "quallm-recording/1"
 _SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{16,}|Bearer\s+[A-Za-z0-9._\-]{16,})")
@@ -38,32 +38,13 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-class RecordingModel:
+class RecordingModel(ModelWrapper):
     """Wraps a backend; writes every exchange to ``directory`` as it happens."""
 
     def __init__(self, inner: ChatModel, directory: str | Path) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def name(self) -> str:
-        """The wrapped model's id."""
-        return self.inner.name
-
-    @property
-    def endpoint(self) -> str:
-        """The wrapped model's endpoint identity."""
-        return self.inner.endpoint
-
-    @property
-    def output_mode(self) -> OutputMode:
-        """The wrapped model's output mode."""
-        return self.inner.output_mode
-
-    def count_tokens(self, text: str) -> int:
-        """The wrapped model's token count."""
-        return self.inner.count_tokens(text)
 
     def complete(self, request: ChatRequest) -> Completion:
         """Forward the request and save the exchange."""

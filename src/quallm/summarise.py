@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from quallm.codebook import Codebook
 from quallm.codings import Coding
-from quallm.models.base import ChatModel, ChatRequest, Message, Usage
+from quallm.models.base import ChatModel, Usage
 from quallm.prompting import load_prompt
 from quallm.reask import ask
 from quallm.results import Quote, Summary, SummaryPoint, Ungrounded
@@ -58,21 +58,16 @@ def summarise(
                 lines.append(f'  [{n}] "{c.quote}"')
     meta = ", ".join(f"{k}: {v}" for k, v in sorted(transcript.metadata.items()))
     prompt = load_prompt("summary")
-    system, user = prompt.render(
-        transcript_id=transcript.id, metadata=f"({meta})" if meta else "", evidence="\n".join(lines)
-    )
-    request = ChatRequest(
-        model=model.name,
-        endpoint=model.endpoint,
-        messages=(Message(role="system", content=system), Message(role="user", content=user)),
-        json_schema=summary_schema(present, len(evidence)),
-        schema_name="summary",
-        output_mode=model.output_mode,
+    request = prompt.request(
+        model,
+        summary_schema(present, len(evidence)),
+        "summary",
         temperature=options.temperature,
         max_tokens=max(options.max_tokens, 1536),
         seed=options.seed,
-        prompt_id=prompt.id,
-        prompt_hash=prompt.hash,
+        transcript_id=transcript.id,
+        metadata=f"({meta})" if meta else "",
+        evidence="\n".join(lines),
     )
 
     def check(ans: SummaryAnswer) -> list[str]:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,7 +33,7 @@ from scipy.stats import fisher_exact
 from quallm.codebook import Codebook
 from quallm.codings import Coding
 from quallm.errors import ConfigError, InputError, ModelError, describe
-from quallm.models.base import ChatModel, ChatRequest, Message, Usage
+from quallm.models.base import ChatModel, ChatRequest, Usage
 from quallm.prompting import PromptTemplate, load_prompt
 from quallm.reask import ask
 from quallm.results import Failure, TranscriptResult
@@ -713,20 +713,18 @@ class _Summariser:
         system, user = prompt.render(study=self.codebook.name, evidence=body, statements=body)
         return self.model.count_tokens(system) + self.model.count_tokens(user)
 
-    def _request(self, prompt: PromptTemplate, body: str, schema: dict[str, object], name: str) -> ChatRequest:
-        system, user = prompt.render(study=self.codebook.name, evidence=body, statements=body)
-        return ChatRequest(
-            model=self.model.name,
-            endpoint=self.model.endpoint,
-            messages=(Message(role="system", content=system), Message(role="user", content=user)),
-            json_schema=schema,
-            schema_name=name,
-            output_mode=self.model.output_mode,
-            temperature=self.options.temperature,
-            max_tokens=self.options.max_tokens,
-            seed=self.options.seed,
-            prompt_id=prompt.id,
-            prompt_hash=prompt.hash,
+    def _request(self, prompt: PromptTemplate, body: str, schema: dict[str, Any], name: str) -> ChatRequest:
+        o = self.options
+        return prompt.request(
+            self.model,
+            schema,
+            name,
+            temperature=o.temperature,
+            max_tokens=o.max_tokens,
+            seed=o.seed,
+            study=self.codebook.name,
+            evidence=body,
+            statements=body,
         )
 
     # -- map

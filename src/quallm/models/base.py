@@ -107,3 +107,37 @@ class ChatModel(Protocol):
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in this model's own tokenizer."""
         ...
+
+
+class ModelWrapper:
+    """Base of the wrappers (cache, recording, batch answers): all but ``complete`` is the inner model's.
+
+    Subclasses override :meth:`complete`; identity, output mode and tokenizer stay the wrapped model's,
+    so a wrapped model produces exactly the requests (and cache keys) the bare one would.
+    """
+
+    def __init__(self, inner: ChatModel) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        """The wrapped model's id."""
+        return self.inner.name
+
+    @property
+    def endpoint(self) -> str:
+        """The wrapped model's endpoint identity."""
+        return self.inner.endpoint
+
+    @property
+    def output_mode(self) -> OutputMode:
+        """The wrapped model's output mode."""
+        return self.inner.output_mode
+
+    def count_tokens(self, text: str) -> int:
+        """The wrapped model's token count."""
+        return self.inner.count_tokens(text)
+
+    def complete(self, request: ChatRequest) -> Completion:
+        """Forward to the wrapped model."""
+        return self.inner.complete(request)
