@@ -38,9 +38,12 @@ def responder(body: dict[str, Any]) -> str:
     return keyword_answer(body["messages"])
 
 
-def test_default_path_is_in_the_user_cache_dir() -> None:
+def test_default_path_is_in_the_user_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("QUALLM_CACHE")  # conftest points every test at its own cache file
     p = default_cache_path()
     assert p.name == "responses.sqlite3" and "quallm" in str(p)
+    monkeypatch.setenv("QUALLM_CACHE", str(tmp_path / "mine.sqlite3"))
+    assert default_cache_path() == tmp_path / "mine.sqlite3"
 
 
 def test_stores_only_complete_conforming_answers(tmp_path: Path) -> None:
