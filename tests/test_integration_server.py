@@ -43,14 +43,14 @@ def _request(model: OpenAICompatModel) -> ChatRequest:
 
 
 def test_strict_json_schema_sent_and_no_key_in_logs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QUALLM_TEST_KEY", "sk-test-not-a-real-key-000000000000")
+    monkeypatch.setenv("QUALLM_TEST_KEY", "dummy-test-key")
     with OpenAITestServer(responder) as srv:
         m = OpenAICompatModel("test-model", base_url=srv.base_url, api_key_env="QUALLM_TEST_KEY")
         ans, _completion, _attempts, usage = ask(m, _request(m), TurnAnswer)
         body = srv.chat_requests[0]
         assert body["response_format"]["type"] == "json_schema" and body["response_format"]["json_schema"]["strict"]
         assert [c.code_id for c in ans.codes] == ["C_money"] and usage.prompt_tokens > 0
-        assert srv.state.headers[0]["authorization"] == "Bearer sk-test-not-a-real-key-000000000000"
+        assert srv.state.headers[0]["authorization"] == "Bearer dummy-test-key"
         assert "127.0.0.1" in m.endpoint and "sk-" not in m.endpoint
 
 
@@ -91,7 +91,10 @@ def _demo_codebook(tmp_path: Path) -> Path:
     return p
 
 
-def test_cli_extract_end_to_end_resume_and_bad_file(tmp_path: Path, sample_txt: Path) -> None:
+def test_cli_extract_end_to_end_resume_and_bad_file(
+    tmp_path: Path, sample_txt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "dummy-secret-value-for-test")
     (tmp_path / "empty.txt").write_text("", encoding="utf-8")
     (tmp_path / "notes.pdf").write_bytes(b"%PDF")
     meta = tmp_path / "meta.csv"
@@ -135,6 +138,8 @@ def test_cli_extract_end_to_end_resume_and_bad_file(tmp_path: Path, sample_txt: 
     assert "Honestly the budget is the big thing" in (out / "summaries.md").read_text()
     recs = list((tmp_path / "rec").glob("*.json"))
     assert recs and all("authorization" not in r.read_text().lower() for r in recs)
+    written = [*recs, *out.rglob("*")]
+    assert all("dummy-secret-value" not in f.read_text(errors="ignore") for f in written if f.is_file())
 
 
 def test_cli_replay_reproduces_and_reports_miss(tmp_path: Path, sample_txt: Path) -> None:
