@@ -5,10 +5,9 @@ request after ``--latency`` seconds; 48 units (turn strategy, summaries off) are
 one transcript of 48 units, and 12 transcripts of 4 units. For each concurrency it prints wall time
 and the fraction of the ideal, ``sum of latencies / concurrency / wall``.
 
-``ExtractOptions.concurrency`` is a thread pool over the units of *one* transcript, and
-``run_extraction`` codes transcripts one after another, so a transcript with fewer units than the
-concurrency leaves threads idle. The last rows run the same 12 transcripts through a prototype that
-also codes transcripts concurrently (what runner.py could do), for comparison.
+``run_extraction`` codes transcripts concurrently and the units of each transcript concurrently, with
+one cap on requests in flight (``runner.LimitedModel``). The last rows run the same 12 transcripts
+through the standalone prototype that preceded it, for comparison.
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ class _StopServerAfter(Progress):
     def __init__(self, srv: OpenAITestServer, n: int) -> None:
         self.srv, self.n, self.done = srv, n, 0
 
-    def unit_done(self) -> None:
+    def unit_done(self, transcript_id: str | None = None) -> None:
         self.done += 1
         if self.done == self.n:
             self.srv.stop()

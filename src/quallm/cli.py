@@ -59,24 +59,27 @@ class _RichProgress(RunProgress):
     def __init__(self, progress: Progress) -> None:
         self.p = progress
         self.files = progress.add_task("transcripts", total=None)
-        self.units: Any = None
+        self.units: dict[str, Any] = {}  # one bar per transcript being coded (several when concurrent)
 
     def start(self, total_transcripts: int) -> None:
         self.p.update(self.files, total=total_transcripts)
 
     def transcript_started(self, transcript_id: str, units: int) -> None:
-        if self.units is not None:
-            self.p.remove_task(self.units)
-        self.units = self.p.add_task(f"  {transcript_id}", total=units)
+        self.units[transcript_id] = self.p.add_task(f"  {transcript_id}", total=units)
 
-    def unit_done(self) -> None:
-        if self.units is not None:
-            self.p.advance(self.units)
+    def unit_done(self, transcript_id: str | None = None) -> None:
+        task = self.units.get(transcript_id or "")
+        if task is not None:
+            self.p.advance(task)
 
     def transcript_done(self, result: Any, skipped: bool = False) -> None:
         self.p.advance(self.files)
-        if skipped and result is not None:
-            self.p.console.print(f"  {result.transcript_id}: already done, skipped")
+        if result is not None:
+            task = self.units.pop(result.transcript_id, None)
+            if task is not None:
+                self.p.remove_task(task)
+            if skipped:
+                self.p.console.print(f"  {result.transcript_id}: already done, skipped")
 
 
 def build_model(

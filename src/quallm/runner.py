@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import platform
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,12 @@ from quallm import __version__
 from quallm.codebook import Codebook
 from quallm.errors import QuallmError
 from quallm.extract import ExtractOptions, Extractor, fingerprint
-from quallm.models.base import ChatModel
+from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper
 from quallm.prompting import load_prompt
 from quallm.results import TranscriptResult
 from quallm.rundir import RunDir, now_iso
 from quallm.transcripts import expand_paths, load_metadata, load_transcript
+from quallm.transcripts.model import Transcript
 
 
 @dataclass
@@ -49,11 +52,24 @@ class Progress:
     def transcript_started(self, transcript_id: str, units: int) -> None:
         """Called before a transcript's units are sent."""
 
-    def unit_done(self) -> None:
-        """Called after each unit (turn or chunk)."""
+    def unit_done(self, transcript_id: str | None = None) -> None:
+        """Called after each unit (turn or chunk) of ``transcript_id``."""
 
     def transcript_done(self, result: TranscriptResult | None, skipped: bool = False) -> None:
         """Called when a transcript is finished, skipped, or failed to load (``result`` None)."""
+
+
+class LimitedModel(ModelWrapper):
+    """At most ``limit`` requests in flight through the wrapped model, across all threads."""
+
+    def __init__(self, inner: ChatModel, limit: int) -> None:
+        super().__init__(inner)
+        self._slots = threading.BoundedSemaphore(max(1, limit))
+
+    def complete(self, request: ChatRequest) -> Completion:
+        """Wait for a free slot, then forward."""
+        with self._slots:
+            return self.inner.complete(request)
 
 
 def _sha256_file(path: Path) -> str:
@@ -88,7 +104,7 @@ def run_extraction(
     run.prepare()
     report = RunReport(out=run.path)
     metadata = load_metadata(metadata_path) if metadata_path else {}
-    extractor = Extractor(model, codebook, opts)
+    extractor = Extractor(LimitedModel(model, opts.concurrency) if opts.concurrency > 1 else model, codebook, opts)
     paths = expand_paths(inputs)
     started = now_iso()
     manifest: dict[str, Any] = {
@@ -120,6 +136,7 @@ def run_extraction(
     run.write_manifest(manifest)
     prog.start(len(paths))
     inputs_info = []
+    todo: list[Transcript] = []
     for p in paths:
         if should_stop and should_stop():
             break
@@ -140,16 +157,35 @@ def run_extraction(
             report.skipped.append(transcript.id)
             prog.transcript_done(previous, skipped=True)
             continue
-        units = extractor.units(transcript)
-        prog.transcript_started(transcript.id, len(units))
-        result = extractor.extract(transcript, on_unit=prog.unit_done)
+        todo.append(transcript)
+
+    def code(transcript: Transcript) -> TranscriptResult | None:
+        if should_stop and should_stop():
+            return None
+        prog.transcript_started(transcript.id, len(extractor.units(transcript)))
+        return extractor.extract(transcript, on_unit=lambda: prog.unit_done(transcript.id))
+
+    def finish(result: TranscriptResult | None) -> None:
+        # Called on this thread only, so the run directory and the report have a single writer.
+        if result is None:
+            return
         run.save_result(result)
         for u in result.ungrounded:
-            run.log("ungrounded", transcript_id=transcript.id, **u.model_dump(mode="json"))
+            run.log("ungrounded", transcript_id=result.transcript_id, **u.model_dump(mode="json"))
         for f in result.failures:
-            run.log("failure", transcript_id=transcript.id, **f.model_dump(mode="json"))
-        (report.incomplete if result.failures else report.done).append(transcript.id)
+            run.log("failure", transcript_id=result.transcript_id, **f.model_dump(mode="json"))
+        (report.incomplete if result.failures else report.done).append(result.transcript_id)
         prog.transcript_done(result)
+
+    if opts.concurrency <= 1:
+        for transcript in todo:
+            finish(code(transcript))
+    else:
+        # Transcripts run concurrently too, so many short transcripts keep the endpoint busy; one
+        # semaphore around the model caps the requests in flight for the whole run.
+        with ThreadPoolExecutor(max_workers=opts.concurrency) as pool:
+            for future in as_completed([pool.submit(code, t) for t in todo]):
+                finish(future.result())
     results = run.results()
     report.codings = sum(len(r.codings) for r in results)
     report.ungrounded = sum(len(r.ungrounded) for r in results)
