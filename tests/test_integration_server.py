@@ -199,3 +199,43 @@ def test_cli_bad_codebook_is_one_line(tmp_path: Path, sample_txt: Path) -> None:
         ],
     )
     assert r.exit_code == 2 and "codes[0] (id 'X').definition" in r.output
+
+
+def test_transcripts_run_concurrently_under_one_cap(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from tests.conftest import SAMPLE
+
+    from quallm.codebook import Codebook
+    from quallm.extract import ExtractOptions
+    from quallm.runner import run_extraction
+
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def slow(body: dict[str, Any]) -> str:
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.1)
+        with lock:
+            state["now"] -= 1
+        return responder(body)
+
+    inputs = []
+    for i in range(6):  # six short transcripts of three answers each
+        p = tmp_path / f"t{i}.txt"
+        p.write_text(SAMPLE, encoding="utf-8")
+        inputs.append(p)
+    with OpenAITestServer(slow) as srv:
+        m = OpenAICompatModel("test-model", base_url=srv.base_url)
+        report = run_extraction(
+            inputs,
+            Codebook.load(_demo_codebook(tmp_path)),
+            m,
+            tmp_path / "run",
+            options=ExtractOptions(strategy="turn", summary=False, concurrency=5),
+        )
+    assert report.ok and sorted(report.done) == [f"t{i}" for i in range(6)]
+    assert 3 < state["max"] <= 5  # more than one transcript's three answers at once, never over the cap
