@@ -7,12 +7,14 @@ or kill never loses finished work, and a re-run skips results whose input finger
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from quallm.codebook import Codebook
 from quallm.errors import InputError
@@ -83,16 +85,18 @@ class RunDir:
             json.dumps(result.model_dump_result(), indent=2, ensure_ascii=False) + "\n",
         )
 
-    def results(self) -> list[TranscriptResult]:
-        """Every result in the run, sorted by transcript id."""
+    def iter_results(self) -> Iterator[TranscriptResult]:
+        """Every result in the run, sorted by transcript id, read one at a time."""
         if not self.results_dir.is_dir():
             raise InputError(self.path, "not a quallm run directory (no results/)")
-        out = []
         for p in sorted(self.results_dir.glob("*.json")):
             r = self.load_result(p.stem)
             if r is not None:
-                out.append(r)
-        return out
+                yield r
+
+    def results(self) -> list[TranscriptResult]:
+        """Every result in the run, sorted by transcript id."""
+        return list(self.iter_results())
 
     def log(self, event: str, **fields: Any) -> None:
         """Append one JSON line to ``log.jsonl`` (warnings, ungrounded quotes, failures)."""
@@ -109,44 +113,78 @@ class RunDir:
         p = self.path / "manifest.json"
         return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
-    def write_outputs(self, results: list[TranscriptResult], codebook: Codebook | None = None) -> None:
-        """Regenerate codings.csv and summaries.md from all results."""
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(CODINGS_COLUMNS)
-        for r in results:
-            for c in r.codings:
-                w.writerow(
-                    [
-                        c.transcript_id,
-                        c.turn_index,
-                        c.speaker,
-                        c.code_id,
-                        c.start,
-                        c.end,
-                        c.quote,
-                        c.alignment,
-                        c.coder,
-                        c.rationale or "",
-                        "" if c.confidence is None else c.confidence,
-                    ]
-                )
-        atomic_write_text(self.path / "codings.csv", buf.getvalue())
-        atomic_write_text(self.path / "summaries.md", render_summaries(results, codebook))
+    def write_outputs(self, results: Iterable[TranscriptResult], codebook: Codebook | None = None) -> OutputTotals:
+        """Regenerate codings.csv and summaries.md from all results, streaming: one result in memory at a time."""
+        totals = OutputTotals()
+        with _atomic_file(self.path / "codings.csv") as codings_fh, _atomic_file(self.path / "summaries.md") as md_fh:
+            w = csv.writer(codings_fh)
+            w.writerow(CODINGS_COLUMNS)
+            md_fh.write("# Summaries\n")
+            for r in results:
+                totals.add(r)
+                for c in r.codings:
+                    w.writerow(
+                        [
+                            c.transcript_id,
+                            c.turn_index,
+                            c.speaker,
+                            c.code_id,
+                            c.start,
+                            c.end,
+                            c.quote,
+                            c.alignment,
+                            c.coder,
+                            c.rationale or "",
+                            "" if c.confidence is None else c.confidence,
+                        ]
+                    )
+                md_fh.write("\n" + render_summary(r))
+        return totals
 
 
-def render_summaries(results: list[TranscriptResult], codebook: Codebook | None) -> str:
-    """All per-transcript summaries as one markdown document."""
-    out = ["# Summaries", ""]
-    for r in results:
-        out.append(f"## {r.transcript_id}")
-        if r.metadata:
-            out.append("*" + ", ".join(f"{k}: {v}" for k, v in sorted(r.metadata.items())) + "*")
+@dataclass
+class OutputTotals:
+    """Counts over every result of a run, gathered while the outputs are written."""
+
+    results: int = 0
+    codings: int = 0
+    ungrounded: int = 0
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, r: TranscriptResult) -> None:
+        """Count one result."""
+        self.results += 1
+        self.codings += len(r.codings)
+        self.ungrounded += len(r.ungrounded)
+        self.calls += r.calls
+        self.prompt_tokens += r.usage.prompt_tokens
+        self.completion_tokens += r.usage.completion_tokens
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[TextIO]:
+    """A text file written under a temporary name and renamed into place when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def render_summary(r: TranscriptResult) -> str:
+    """One transcript's summary as a markdown section."""
+    out = [f"## {r.transcript_id}"]
+    if r.metadata:
+        out.append("*" + ", ".join(f"{k}: {v}" for k, v in sorted(r.metadata.items())) + "*")
+    out.append("")
+    if r.summary is None:
+        out.append("_No summary (failed or switched off)._")
         out.append("")
-        if r.summary is None:
-            out.append("_No summary (failed or switched off)._")
-            out.append("")
-            continue
+    else:
         out.append(r.summary.narrative)
         out.append("")
         for title, points in (("Challenges", r.summary.challenges), ("Enablers", r.summary.enablers)):
@@ -159,7 +197,12 @@ def render_summaries(results: list[TranscriptResult], codebook: Codebook | None)
                     where = f"turn {q.turn_index}, " if q.turn_index is not None else ""
                     out.append(f'  > "{" ".join(q.text.split())}" ({where}chars {q.start}-{q.end})')
             out.append("")
-        if not r.complete:
-            out.append(f"_Incomplete: {len(r.failures)} unit(s) failed; see results/{r.transcript_id}.json._")
-            out.append("")
-    return "\n".join(out).rstrip() + "\n"
+    if not r.complete:
+        out.append(f"_Incomplete: {len(r.failures)} unit(s) failed; see results/{r.transcript_id}.json._")
+        out.append("")
+    return "\n".join(out)
+
+
+def render_summaries(results: Iterable[TranscriptResult]) -> str:
+    """All per-transcript summaries as one markdown document (as written to summaries.md)."""
+    return "# Summaries\n" + "".join("\n" + render_summary(r) for r in results)

@@ -7,7 +7,7 @@ import platform
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from quallm.prompting import load_prompt
 from quallm.results import TranscriptResult
 from quallm.rundir import RunDir, now_iso
 from quallm.transcripts import expand_paths, load_metadata, load_transcript
-from quallm.transcripts.model import Transcript
 
 
 @dataclass
@@ -136,7 +135,7 @@ def run_extraction(
     run.write_manifest(manifest)
     prog.start(len(paths))
     inputs_info = []
-    todo: list[Transcript] = []
+    todo: list[Path] = []  # paths, not transcripts: memory stays flat in the number of inputs
     for p in paths:
         if should_stop and should_stop():
             break
@@ -157,11 +156,12 @@ def run_extraction(
             report.skipped.append(transcript.id)
             prog.transcript_done(previous, skipped=True)
             continue
-        todo.append(transcript)
+        todo.append(p)
 
-    def code(transcript: Transcript) -> TranscriptResult | None:
+    def code(path: Path) -> TranscriptResult | None:
         if should_stop and should_stop():
             return None
+        transcript = load_transcript(path, metadata.get(path.stem))
         prog.transcript_started(transcript.id, len(extractor.units(transcript)))
         return extractor.extract(transcript, on_unit=lambda: prog.unit_done(transcript.id))
 
@@ -178,18 +178,25 @@ def run_extraction(
         prog.transcript_done(result)
 
     if opts.concurrency <= 1:
-        for transcript in todo:
-            finish(code(transcript))
+        for path in todo:
+            finish(code(path))
     else:
         # Transcripts run concurrently too, so many short transcripts keep the endpoint busy; one
         # semaphore around the model caps the requests in flight for the whole run.
+        # A sliding window of submissions, so finished results are written and freed as they come.
         with ThreadPoolExecutor(max_workers=opts.concurrency) as pool:
-            for future in as_completed([pool.submit(code, t) for t in todo]):
+            pending: set[Future[TranscriptResult | None]] = set()
+            for path in todo:
+                pending.add(pool.submit(code, path))
+                if len(pending) >= 2 * opts.concurrency:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        finish(future.result())
+            for future in list(pending):
                 finish(future.result())
-    results = run.results()
-    report.codings = sum(len(r.codings) for r in results)
-    report.ungrounded = sum(len(r.ungrounded) for r in results)
-    run.write_outputs(results, codebook)
+    totals = run.write_outputs(run.iter_results(), codebook)  # streamed: flat memory in the run's size
+    report.codings = totals.codings
+    report.ungrounded = totals.ungrounded
     manifest.update(
         status="finished" if report.ok else "finished with problems",
         finished=now_iso(),
@@ -200,12 +207,12 @@ def run_extraction(
             "transcripts_skipped_already_done": len(report.skipped),
             "transcripts_incomplete": len(report.incomplete),
             "input_errors": len(report.errors),
-            "results_in_run": len(results),
+            "results_in_run": totals.results,
             "codings": report.codings,
             "ungrounded_dropped": report.ungrounded,
-            "model_calls": sum(r.calls for r in results),
-            "prompt_tokens": sum(r.usage.prompt_tokens for r in results),
-            "completion_tokens": sum(r.usage.completion_tokens for r in results),
+            "model_calls": totals.calls,
+            "prompt_tokens": totals.prompt_tokens,
+            "completion_tokens": totals.completion_tokens,
         },
         errors=report.errors,
     )
