@@ -157,3 +157,34 @@ def test_reask_exhaustion_carries_raw_and_errors() -> None:
     with pytest.raises(OutputValidationError) as ei:
         ask(model, _req(), TurnAnswer, max_reasks=2)
     assert ei.value.raw == '{"codes": 7}' and ei.value.errors and len(model.requests) == 3
+
+
+def test_truncated_chunk_is_retried_once_as_two_halves(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
+    model = keyword_model()
+    model.enqueue(Completion(content='{"codings": [', finish_reason="length"))
+    result = extract(
+        load_transcript(sample_txt),
+        Codebook.load(tiny_codebook_yaml),
+        model,
+        ExtractOptions(strategy="chunk", summary=False),
+    )
+    assert result.complete and {c.code_id for c in result.codings} == {"C_money", "E_help"}
+    _first, *halves = model.requests
+    coded = [r.messages[1].content.count(", CODE)") for r in model.requests]
+    assert len(halves) == 2 and coded[1] + coded[2] == coded[0] and 0 < coded[1] < coded[0]
+
+
+def test_truncation_after_the_split_is_reported(tmp_path: Path, tiny_codebook_yaml: Path) -> None:
+    p = tmp_path / "one.txt"
+    p.write_text("Interviewer: Why?\n\nRespondent: The budget is small.\n", encoding="utf-8")
+    model = keyword_model()
+    cut = Completion(content='{"codings": [', finish_reason="length")
+    model.enqueue(cut, cut)  # the chunk, then its coded half: both cut off
+    result = extract(
+        load_transcript(p),
+        Codebook.load(tiny_codebook_yaml),
+        model,
+        ExtractOptions(strategy="chunk", summary=False, context_tokens=0),
+    )
+    assert [f.error_type for f in result.failures] == ["TruncatedOutputError"]
+    assert result.failures[0].raw == '{"codings": ['

@@ -194,9 +194,17 @@ def test_each_recoverable_fault_alone(
         assert not invented  # per-turn evidence is a sentence number: a bad one is re-asked, never kept
 
 
-def test_length_is_a_recorded_failure_with_raw_output(tmp_path: Path, setup: Any) -> None:
+def test_length_is_retried_once_as_a_smaller_chunk(tmp_path: Path, setup: Any) -> None:
     inputs, cb, clean = setup
     with OpenAITestServer(responder, Faults(length=1)) as srv:
+        report = _run(srv, inputs, cb, tmp_path / "out", "chunk")
+    assert report.ok
+    check_run(tmp_path / "out", report, inputs, cb, clean["chunk"], "chunk")
+
+
+def test_length_twice_is_a_recorded_failure_with_raw_output(tmp_path: Path, setup: Any) -> None:
+    inputs, cb, clean = setup
+    with OpenAITestServer(responder, Faults(length=2)) as srv:  # the chunk, then its first half
         report = _run(srv, inputs, cb, tmp_path / "out", "chunk")
     results = check_run(tmp_path / "out", report, inputs, cb, clean["chunk"], "chunk")
     failures = [f for r in results for f in r.failures]

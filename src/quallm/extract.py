@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from quallm.chunking import Chunk, Segment, chunk_transcript, sentence_spans
 from quallm.codebook import Codebook
 from quallm.codings import Coding
-from quallm.errors import ModelError, describe
+from quallm.errors import ModelError, TruncatedOutputError, describe
 from quallm.grounding import align_quote
 from quallm.models.base import ChatModel, ChatRequest, Usage
 from quallm.prompting import PromptTemplate, load_prompt, render_codebook
@@ -304,7 +304,28 @@ class Extractor:
             context_tokens=self.options.context_tokens,
             coded_speakers=speakers,
         )
-        return [(f"chunk {c.index}", partial(self.code_chunk, transcript, c)) for c in chunks]
+        return [(f"chunk {c.index}", partial(self.code_chunk_or_split, transcript, c)) for c in chunks]
+
+    def code_chunk_or_split(self, transcript: Transcript, chunk: Chunk) -> _UnitOutcome:
+        """Code a chunk; if the answer is cut off (``length``), retry once as two halves, then report."""
+        try:
+            return self.code_chunk(transcript, chunk)
+        except TruncatedOutputError:
+            if len(chunk.segments) < 2:
+                raise
+        half = len(chunk.segments) // 2
+        first = Chunk(chunk.index, chunk.segments[:half], chunk.context)
+        second = Chunk(chunk.index, chunk.segments[half:], chunk.segments[:half])  # first half as context
+        outcomes = [self.code_chunk(transcript, c) for c in (first, second) if c.coded_segments]
+        return _UnitOutcome(
+            codings=[c for o in outcomes for c in o.codings],
+            ungrounded=[u for o in outcomes for u in o.ungrounded],
+            usage=Usage(
+                prompt_tokens=sum(o.usage.prompt_tokens for o in outcomes),
+                completion_tokens=sum(o.usage.completion_tokens for o in outcomes),
+            ),
+            attempts=1 + sum(o.attempts for o in outcomes),  # the truncated call counts as a call
+        )
 
     def extract(self, transcript: Transcript, on_unit: Callable[[], None] | None = None) -> TranscriptResult:
         """Code one transcript. A failed unit is recorded and the rest of the transcript goes on."""
