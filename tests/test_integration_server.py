@@ -123,6 +123,7 @@ def test_cli_extract_end_to_end_resume_and_bad_file(
         n_first = len(srv.chat_requests)
         assert r1.exit_code == 1, r1.output  # two unreadable files -> non-zero exit, the rest done
         assert "empty.txt: file is empty" in r1.output and "unknown extension '.pdf'" in r1.output
+        assert " tokens" in r1.output  # the progress bar reports tokens used so far
         r2 = runner.invoke(app, args)
         assert len(srv.chat_requests) == n_first  # resume: the finished transcript is not sent again
         assert "already done" in r2.output

@@ -56,10 +56,12 @@ ModelPathOpt = Annotated[Path | None, typer.Option("--model-path", help="Run any
 
 
 class _RichProgress(RunProgress):
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress, price: Any = None) -> None:
         self.p = progress
         self.files = progress.add_task("transcripts", total=None)
         self.units: dict[str, Any] = {}  # one bar per transcript being coded (several when concurrent)
+        self.price = price  # USD per 1M tokens (input, output), when the model is in the price table
+        self.prompt_tokens = self.completion_tokens = 0
 
     def start(self, total_transcripts: int) -> None:
         self.p.update(self.files, total=total_transcripts)
@@ -74,12 +76,28 @@ class _RichProgress(RunProgress):
 
     def transcript_done(self, result: Any, skipped: bool = False) -> None:
         self.p.advance(self.files)
+        if result is not None and not skipped:
+            self.prompt_tokens += result.usage.prompt_tokens
+            self.completion_tokens += result.usage.completion_tokens
+            spent = f"transcripts · {self.prompt_tokens + self.completion_tokens:,} tokens"
+            if self.price is not None:
+                cost = (self.prompt_tokens * self.price.input + self.completion_tokens * self.price.output) / 1e6
+                spent += f" · ${cost:.4f}"
+            self.p.update(self.files, description=spent)
         if result is not None:
             task = self.units.pop(result.transcript_id, None)
             if task is not None:
                 self.p.remove_task(task)
             if skipped:
                 self.p.console.print(f"  {result.transcript_id}: already done, skipped")
+
+
+def _price_of(model_name: str) -> Any:
+    """The shipped price of a remote model, or None (then the progress bar shows tokens only)."""
+    from quallm.estimate import load_prices
+
+    found = load_prices().lookup(model_name)
+    return found[1] if found else None
 
 
 def build_model(
@@ -217,6 +235,7 @@ def extract(
             console=console,
             transient=False,
         ) as progress:
+            tracker = _RichProgress(progress, None if local else _price_of(chat.name))
             if batch:
                 report = _run_batch(
                     transcripts,
@@ -230,7 +249,7 @@ def extract(
                     info,
                     wait,
                     poll_interval,
-                    _RichProgress(progress),
+                    tracker,
                 )
                 if report is None:
                     return
@@ -244,7 +263,7 @@ def extract(
                     metadata_path=metadata,
                     codebook_path=codebook,
                     model_info=info,
-                    progress=_RichProgress(progress),
+                    progress=tracker,
                     should_stop=lambda: stop["flag"],
                 )
     except KeyboardInterrupt:
