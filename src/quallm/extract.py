@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from quallm.chunking import Chunk, Segment, chunk_transcript, sentence_spans
 from quallm.codebook import Codebook
 from quallm.codings import Coding
-from quallm.errors import ModelError, TruncatedOutputError, describe
+from quallm.errors import ModelError, TruncatedOutputError
 from quallm.grounding import align_quote
 from quallm.models.base import ChatModel, ChatRequest, Usage
 from quallm.prompting import PromptTemplate, load_prompt, render_codebook
@@ -351,16 +351,7 @@ class Extractor:
                 outcomes = list(pool.map(run, units))
         for name, out in outcomes:
             if isinstance(out, BaseException):
-                d = describe(out)
-                tally.failures.append(
-                    Failure(
-                        unit=name,
-                        error_type=d["type"],
-                        message=d["message"],
-                        raw=d.get("raw"),
-                        errors=tuple(d.get("errors", ())),
-                    )
-                )
+                tally.failures.append(Failure.from_error(name, out))
                 continue
             tally.codings.extend(out.codings)
             tally.ungrounded.extend(out.ungrounded)
@@ -375,16 +366,7 @@ class Extractor:
                 tally.add_usage(s_usage, s_attempts)
                 tally.ungrounded.extend(s_lost)
             except ModelError as exc:
-                d = describe(exc)
-                tally.failures.append(
-                    Failure(
-                        unit="summary",
-                        error_type=d["type"],
-                        message=d["message"],
-                        raw=d.get("raw"),
-                        errors=tuple(d.get("errors", ())),
-                    )
-                )
+                tally.failures.append(Failure.from_error("summary", exc))
         return TranscriptResult(
             transcript_id=transcript.id,
             source=transcript.source,

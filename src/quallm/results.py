@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from quallm.codings import Coding
+from quallm.errors import describe
 from quallm.models.base import Usage
 
 
@@ -65,6 +66,18 @@ class Failure(BaseModel):
     message: str
     raw: str | None = None
     errors: tuple[str, ...] = ()
+
+    @classmethod
+    def from_error(cls, unit: str, exc: BaseException) -> Failure:
+        """The failure of ``unit`` by ``exc``, keeping its last raw output and validation errors."""
+        d = describe(exc)
+        return cls(
+            unit=unit,
+            error_type=d["type"],
+            message=d["message"],
+            raw=d.get("raw"),
+            errors=tuple(d.get("errors", ())),
+        )
 
 
 class TranscriptResult(BaseModel):

@@ -32,7 +32,7 @@ from scipy.stats import fisher_exact
 
 from quallm.codebook import Codebook
 from quallm.codings import Coding
-from quallm.errors import ConfigError, InputError, ModelError, describe
+from quallm.errors import ConfigError, InputError, ModelError
 from quallm.models.base import ChatModel, ChatRequest, Usage
 from quallm.prompting import PromptTemplate, load_prompt
 from quallm.reask import ask
@@ -905,16 +905,7 @@ def study_summary(
         try:
             answers, lost = s.map_batch(batch)
         except ModelError as exc:
-            d = describe(exc)
-            s.failures.append(
-                Failure(
-                    unit="study_map:" + ",".join(b.code_id for b in batch),
-                    error_type=d["type"],
-                    message=d["message"],
-                    raw=d.get("raw"),
-                    errors=tuple(d.get("errors", ())),
-                )
-            )
+            s.failures.append(Failure.from_error("study_map:" + ",".join(b.code_id for b in batch), exc))
             answers, lost = {}, []
         dropped += lost
         for b in batch:
@@ -950,16 +941,7 @@ def study_summary(
         try:
             narrative, narrative_by_model = s.reduce(items), True
         except ModelError as exc:
-            d = describe(exc)
-            s.failures.append(
-                Failure(
-                    unit="study_reduce",
-                    error_type=d["type"],
-                    message=d["message"],
-                    raw=d.get("raw"),
-                    errors=tuple(d.get("errors", ())),
-                )
-            )
+            s.failures.append(Failure.from_error("study_reduce", exc))
             narrative = "(The overall narrative could not be generated; see the per-code statements.)"
     elif points:
         narrative = "(No per-code statements were generated, so there is no overall narrative.)"
