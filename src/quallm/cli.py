@@ -548,6 +548,140 @@ def _codebook_or_none(path: Path | None) -> Any:
 
 
 @app.command()
+def discover(
+    transcripts: Annotated[list[Path], typer.Argument(help="Transcript files or folders of them.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write (re-running resumes it).")],
+    focus: Annotated[
+        str,
+        typer.Option("--focus", help="The study's focus or research question, e.g. 'safely reducing care entry'."),
+    ] = "",
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
+    model_path: ModelPathOpt = None,
+    azure_api_version: Annotated[
+        str | None, typer.Option("--azure-api-version", help="Use Azure OpenAI at --base-url with this API version.")
+    ] = None,
+    repeats: Annotated[
+        int, typer.Option("--repeats", min=1, help="Run discovery N times (sampled, one seed each) to show stability.")
+    ] = 1,
+    merge: Annotated[
+        str,
+        typer.Option(
+            "--merge", help="embedding (cluster by the local embedding model) | embedding+model (then the model joins)."
+        ),
+    ] = "embedding",
+    similarity: Annotated[
+        float, typer.Option("--similarity", min=0.0, max=1.0, help="Cosine similarity at which candidates merge.")
+    ] = 0.6,
+    min_transcripts: Annotated[
+        int, typer.Option("--min-transcripts", min=1, help="Transcripts a theme needs to enter the draft codebook.")
+    ] = 2,
+    chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Token budget of a chunk.")] = 1500,
+    max_themes: Annotated[int, typer.Option("--max-themes", min=1, help="Candidate themes per chunk, at most.")] = 5,
+    speakers: Annotated[
+        str | None,
+        typer.Option("--speakers", help="Comma-separated speakers to read (default: everyone but the interviewer)."),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", help="Requests in flight (local models run one at a time).")
+    ] = 4,
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Save every model exchange as JSON in this folder.")
+    ] = None,
+    replay: Annotated[
+        Path | None, typer.Option("--replay", help="Answer only from recordings in this folder (no model is run).")
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option("--cache", help="Response cache file (default: responses.sqlite3 in the user cache dir)."),
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")] = False,
+) -> None:
+    """Find challenges and enablers with no codebook, and draft one: themes with prevalence and quotes.
+
+    Writes OUT/codebook.draft.yaml (the format extract reads), themes.md, themes.json,
+    candidates/ (per transcript and run; kept for resume) and manifest.json.
+    """
+    from quallm.discovery import DiscoverOptions, run_discovery
+    from quallm.embeddings import MiniLMEmbedder
+
+    if merge not in ("embedding", "embedding+model"):
+        _fail(f"--merge must be embedding or embedding+model, not {merge!r}")
+    try:
+        chat, info, _ = build_model(
+            model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache
+        )
+        local = chat.endpoint.startswith("local:")
+        options = DiscoverOptions(
+            focus=focus,
+            repeats=repeats,
+            merge=merge,  # type: ignore[arg-type]
+            similarity=similarity,
+            min_transcripts=min_transcripts,
+            chunk_tokens=chunk_tokens,
+            max_themes_per_chunk=max_themes,
+            coded_speakers=tuple(s.strip() for s in speakers.split(",") if s.strip()) if speakers else (),
+            concurrency=1 if local else max(1, concurrency),
+        )
+    except QuallmError as exc:
+        _fail(str(exc))
+        return
+    stop = {"flag": False}
+
+    def on_sigint(_sig: int, _frame: Any) -> None:
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        console.print("[yellow]Stopping after the current transcript (Ctrl-C again to stop now)...[/yellow]")
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
+            report = run_discovery(
+                transcripts,
+                chat,
+                out,
+                MiniLMEmbedder(),
+                options=options,
+                model_info=info,
+                progress=_RichProgress(progress),
+                should_stop=lambda: stop["flag"],
+            )
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted.[/yellow] Finished transcripts are saved; run the same command to resume.")
+        raise typer.Exit(130) from None
+    except QuallmError as exc:
+        _fail(str(exc))
+        return
+    finally:
+        signal.signal(signal.SIGINT, old)
+    for line in report.errors:
+        console.print(f"[red]error:[/red] {line}", highlight=False)
+    for line in report.incomplete:
+        console.print(f"[red]incomplete:[/red] {line} (see {out / 'log.jsonl'})", highlight=False)
+    for line in report.notes:
+        console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
+    kinds = {k: sum(t.kind == k for t in report.themes) for k in ("challenge", "enabler")}
+    out_console.print(
+        f"{report.transcripts} transcripts x {repeats} run(s): {report.candidates} candidate themes -> "
+        f"{kinds['challenge']} challenges and {kinds['enabler']} enablers; {report.in_codebook} in the draft codebook."
+    )
+    out_console.print(f"Results: {out}/themes.md, {out}/codebook.draft.yaml (manifest: {out}/manifest.json)")
+    if stop["flag"]:
+        console.print("Stopped early; run the same command again to resume.")
+    if not report.ok or stop["flag"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def synthesise(
     run_dir: RunDirArg,
     by: ByOpt = None,

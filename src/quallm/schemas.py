@@ -114,3 +114,55 @@ def summary_schema(code_ids: list[str], n_quotes: int) -> dict[str, Any]:
             "points": {"type": "array", "items": point, "maxItems": max(1, len(code_ids))},
         }
     )
+
+
+class DiscoveredTheme(BaseModel):
+    """One candidate theme the model found in a chunk (inductive discovery), with sentence numbers."""
+
+    model_config = ConfigDict(extra="ignore")
+    kind: str
+    label: str
+    description: str = ""
+    sentences: list[int] = Field(default_factory=list)
+
+
+class DiscoveryAnswer(BaseModel):
+    """The model's candidate themes for one chunk."""
+
+    model_config = ConfigDict(extra="ignore")
+    themes: list[DiscoveredTheme] = Field(default_factory=list)
+
+
+class MergeAnswer(BaseModel):
+    """The model's grouping of near-duplicate themes, by theme number."""
+
+    model_config = ConfigDict(extra="ignore")
+    groups: list[list[int]] = Field(default_factory=list)
+
+
+def discovery_schema(n_sentences: int, max_themes: int) -> dict[str, Any]:
+    """Schema of a discovery answer: themes with kind, label, description and 1-2 sentence numbers.
+
+    As in the per-unit strategy, evidence is given by sentence number, so it is grounded by construction
+    and a small model writes a few tokens instead of a quote.
+    """
+    item = _obj(
+        {
+            "kind": {"type": "string", "enum": ["challenge", "enabler"]},
+            "label": {"type": "string", "maxLength": 80},
+            "description": {"type": "string", "maxLength": 300},
+            "sentences": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1, "maximum": max(1, n_sentences)},
+                "minItems": 1,
+                "maxItems": 2,
+            },
+        }
+    )
+    return _obj({"themes": {"type": "array", "items": item, "maxItems": max(1, max_themes)}})
+
+
+def merge_schema(n_themes: int) -> dict[str, Any]:
+    """Schema of a merge answer: groups of theme numbers."""
+    group = {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": max(1, n_themes)}, "minItems": 1}
+    return _obj({"groups": {"type": "array", "items": group, "maxItems": max(1, n_themes)}})

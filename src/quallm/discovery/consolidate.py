@@ -1,0 +1,202 @@
+"""Consolidation: candidate themes from every chunk, transcript and run merged into themes.
+
+Step 1 (always): candidates of the same kind are clustered on the cosine similarity of their
+embeddings ("label: description"), average linkage, cut at ``similarity`` (scipy's hierarchical
+clustering). Step 2 (``merge="embedding+model"``): the model sees the clusters' labels, numbered, and
+groups the ones that mean the same; groups are merged. The model only ever answers with numbers, so it
+cannot invent a theme or a quote; it can only join clusters.
+
+A theme's label and description are those of its medoid (the member closest on average to the
+others), its prevalence is the number of transcripts among its members, its stability the number of
+runs in which it appeared, and its best quotes come from the members closest to the theme's centre,
+one per transcript first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from quallm.discovery.candidates import Candidate, Kind
+from quallm.embeddings import Embedder
+from quallm.results import Quote
+
+
+class ThemeQuote(BaseModel):
+    """A grounded quote of a theme, with the transcript it comes from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    transcript_id: str
+    quote: Quote
+
+
+class Theme(BaseModel):
+    """A consolidated theme: what the draft codebook's code and themes.md are written from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: Kind
+    label: str
+    description: str
+    prevalence: int  # transcripts in which it was found (in any run)
+    runs: int  # runs in which it was found
+    transcripts: tuple[str, ...]
+    labels: tuple[str, ...]  # the members' distinct labels, most central first
+    quotes: tuple[ThemeQuote, ...]
+    members: int  # candidates merged into it
+    cohesion: float  # mean cosine similarity of the members to the theme's centre
+
+
+def cluster(vectors: np.ndarray, similarity: float) -> list[list[int]]:
+    """Average-linkage clusters of unit ``vectors`` whose members are, on average, at least ``similarity`` alike."""
+    n = len(vectors)
+    if n == 0:
+        return []
+    if n == 1:
+        return [[0]]
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist
+
+    dist = np.clip(pdist(vectors, metric="cosine"), 0.0, 2.0)
+    labels = fcluster(linkage(dist, method="average"), t=1.0 - similarity, criterion="distance")
+    groups: dict[int, list[int]] = {}
+    for i, lab in enumerate(labels):
+        groups.setdefault(int(lab), []).append(i)
+    return list(groups.values())
+
+
+def _slug(label: str, used: set[str], prefix: str) -> str:
+    words = [w for w in re.findall(r"[a-z0-9]+", label.lower()) if w not in _STOP][:3]
+    base = f"{prefix}_{'_'.join(words) or 'theme'}"[:48]
+    slug, k = base, 2
+    while slug in used:
+        slug, k = f"{base}_{k}", k + 1
+    used.add(slug)
+    return slug
+
+
+_STOP = {"a", "an", "and", "the", "of", "to", "in", "for", "on", "with", "by", "or", "at", "from", "lack"}
+
+
+GroupFn = Callable[[Kind, list[str]], list[list[int]]]
+
+
+def consolidate(
+    candidates: Sequence[Candidate],
+    embedder: Embedder,
+    *,
+    similarity: float = 0.6,
+    group_with_model: GroupFn | None = None,
+    model_merge_margin: float = 0.25,
+    max_quotes: int = 3,
+) -> list[Theme]:
+    """Merge ``candidates`` into themes, challenges then enablers, each by prevalence (most first)."""
+    themes: list[Theme] = []
+    used: set[str] = set()
+    kinds: tuple[tuple[Kind, str], ...] = (("challenge", "C"), ("enabler", "E"))
+    for kind, prefix in kinds:
+        members = [c for c in candidates if c.kind == kind]
+        if not members:
+            continue
+        vecs = embedder.embed([c.text for c in members])
+        groups = cluster(vecs, similarity)
+        if group_with_model is not None and len(groups) > 1:
+            groups = _merge_groups(
+                groups,
+                members,
+                vecs,
+                kind,
+                group_with_model,
+                similarity - model_merge_margin,
+            )
+        built = [_theme(members, vecs, g, max_quotes) for g in groups]
+        built.sort(key=lambda t: (-t.prevalence, -t.runs, -t.members, t.label.lower()))
+        for n, theme in enumerate(built, start=1):
+            theme_id = _slug(theme.label, used, f"{prefix}{n:02d}")
+            themes.append(theme.model_copy(update={"id": theme_id}))
+    return themes
+
+
+def _medoid(vecs: np.ndarray) -> int:
+    sims = vecs @ vecs.T
+    return int(np.argmax(sims.mean(axis=1)))
+
+
+def _merge_groups(
+    groups: list[list[int]],
+    members: Sequence[Candidate],
+    vecs: np.ndarray,
+    kind: Kind,
+    group_fn: GroupFn,
+    floor: float,
+) -> list[list[int]]:
+    """Let the model join clusters that mean the same; every cluster stays in exactly one group."""
+    labels = []
+    for g in groups:
+        m = g[_medoid(vecs[g])]
+        labels.append(members[m].text)
+    medoids = np.stack([vecs[g][_medoid(vecs[g])] for g in groups])
+    answer = group_fn(kind, labels)
+    seen: set[int] = set()
+    merged: list[list[int]] = []
+    for grp in answer:
+        idx = [i - 1 for i in grp if 1 <= i <= len(groups) and (i - 1) not in seen]
+        if not idx:
+            continue
+        # A small model sometimes lumps unrelated themes together; a cluster joins only if its medoid
+        # is at least ``floor`` alike to the group's first one (the embedding vetoes absurd merges).
+        head, rest = idx[0], idx[1:]
+        joined = [head] + [i for i in rest if float(medoids[i] @ medoids[head]) >= floor]
+        seen.update(joined)
+        merged.append([m for i in joined for m in groups[i]])
+    merged.extend(groups[i] for i in range(len(groups)) if i not in seen)  # left out: kept as they were
+    return merged
+
+
+def _theme(members: Sequence[Candidate], vecs: np.ndarray, group: list[int], max_quotes: int) -> Theme:
+    sub = vecs[group]
+    centre = sub.mean(axis=0)
+    centre = centre / max(float(np.linalg.norm(centre)), 1e-12)
+    to_centre = sub @ centre
+    order = [group[i] for i in np.argsort(-to_centre, kind="stable")]
+    medoid = members[group[_medoid(sub)]]
+    labels: list[str] = []
+    for i in [group[_medoid(sub)], *order]:
+        if members[i].label.lower() not in {x.lower() for x in labels}:
+            labels.append(members[i].label)
+    quotes: list[ThemeQuote] = []
+    seen_spans: set[tuple[str, int, int]] = set()
+    # First pass: the most central quote of each transcript; second pass: fill up from the rest.
+    for first_pass in (True, False):
+        got = {q.transcript_id for q in quotes}
+        for i in order:
+            c = members[i]
+            if first_pass and c.transcript_id in got:
+                continue
+            for q in c.quotes[:1] if first_pass else c.quotes:
+                key = (c.transcript_id, q.start, q.end)
+                if key in seen_spans or len(quotes) >= max_quotes:
+                    continue
+                seen_spans.add(key)
+                quotes.append(ThemeQuote(transcript_id=c.transcript_id, quote=q))
+                got.add(c.transcript_id)
+                break
+    transcripts = tuple(sorted({members[i].transcript_id for i in group}))
+    return Theme(
+        id="",
+        kind=medoid.kind,
+        label=medoid.label,
+        description=medoid.description,
+        prevalence=len(transcripts),
+        runs=len({members[i].repeat for i in group}),
+        transcripts=transcripts,
+        labels=tuple(labels),
+        quotes=tuple(quotes),
+        members=len(group),
+        cohesion=round(float(to_centre.mean()), 3),
+    )
