@@ -577,8 +577,8 @@ def discover(
     min_transcripts: Annotated[
         int, typer.Option("--min-transcripts", min=1, help="Transcripts a theme needs to enter the draft codebook.")
     ] = 2,
-    chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Token budget of a chunk.")] = 1500,
-    max_themes: Annotated[int, typer.Option("--max-themes", min=1, help="Candidate themes per chunk, at most.")] = 5,
+    chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Token budget of a chunk.")] = 800,
+    max_themes: Annotated[int, typer.Option("--max-themes", min=1, help="Candidate themes per chunk, at most.")] = 4,
     speakers: Annotated[
         str | None,
         typer.Option("--speakers", help="Comma-separated speakers to read (default: everyone but the interviewer)."),

@@ -1,26 +1,26 @@
 """Candidate themes per chunk: the open-coding pass of inductive discovery.
 
-Each chunk of a transcript is sent with the interviewee's sentences numbered (the interviewer's turns
-shown unnumbered, as context). The model answers with candidate challenges and enablers, each pointing
-at one or two sentence numbers; the evidence is then our own exact slice of the transcript, so a
-candidate's quotes are grounded by construction.
+Each chunk of a transcript is sent whole (the interviewer's turns marked as such). The model answers
+with candidate challenges and enablers, each with a label, a one-sentence description and a quote;
+the quote is aligned to the interviewee's words in the chunk (``grounding.align_quote``: exact,
+normalised, fuzzy), and a candidate whose quote cannot be found is dropped and logged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quallm.chunking import Chunk, chunk_transcript, sentence_spans
+from quallm.chunking import Chunk, chunk_transcript
 from quallm.errors import ModelError
+from quallm.grounding import align_quote
 from quallm.models.base import ChatModel, ChatRequest, Usage
 from quallm.prompting import load_prompt
 from quallm.reask import ask
-from quallm.results import Failure, Quote
+from quallm.results import Failure, Quote, Ungrounded
 from quallm.schemas import DiscoveryAnswer, discovery_schema
 from quallm.tokenizers import CallableTokenizer
 from quallm.transcripts.model import Transcript
@@ -34,9 +34,9 @@ class DiscoverOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     focus: str = ""
-    chunk_tokens: int = 1500
+    chunk_tokens: int = 800
     context_tokens: int = 150
-    max_themes_per_chunk: int = 5
+    max_themes_per_chunk: int = 4
     repeats: int = 1
     temperature: float = 0.0
     repeat_temperature: float = 0.7
@@ -86,7 +86,7 @@ class CandidateSet(BaseModel):
     repeat: int
     fingerprint: str
     candidates: tuple[Candidate, ...] = ()
-    dropped: int = 0  # themes with no usable evidence (empty label, bad kind, no valid sentence)
+    ungrounded: tuple[Ungrounded, ...] = ()  # candidates whose quote is not in the transcript (dropped)
     failures: tuple[Failure, ...] = ()
     calls: int = 0
     usage: Usage = Usage()
@@ -97,13 +97,15 @@ class CandidateSet(BaseModel):
         return not self.failures
 
 
-_Found = tuple[list[Candidate], int, Usage, int]
+_GENERIC = {"challenge", "challenges", "enabler", "enablers", "theme", "themes", "label", "none", "other"}
 
 
-@dataclass(frozen=True)
-class _Numbered:
-    request: ChatRequest
-    spans: list[tuple[int, int, int]]  # (start, end, turn_index) of sentence n at index n-1
+def _generic(label: str) -> bool:
+    """A label that names the kind or nothing ("Challenge"), which a small model sometimes writes."""
+    return " ".join(label.lower().split()).strip(" .:") in _GENERIC
+
+
+_Found = tuple[list[Candidate], list[Ungrounded], Usage, int]
 
 
 class CandidateFinder:
@@ -116,7 +118,7 @@ class CandidateFinder:
         self._prompt = load_prompt("discover_chunk")
 
     def chunks(self, transcript: Transcript) -> list[Chunk]:
-        """The transcript's chunks (interviewee turns coded, interviewer turns as context)."""
+        """The transcript's chunks that hold interviewee turns (interviewer turns ride along as context)."""
         speakers = frozenset(self.options.coded_speakers) or None
         return [
             c
@@ -130,29 +132,17 @@ class CandidateFinder:
             if c.coded_segments
         ]
 
-    def request(self, transcript: Transcript, chunk: Chunk, repeat: int) -> _Numbered:
-        """The request for one chunk in run ``repeat``: the interviewee's sentences numbered from 1."""
-        lines: list[str] = []
-        spans: list[tuple[int, int, int]] = []
-        for seg in chunk.segments:
-            if not seg.coded:
-                lines.append(f"({seg.speaker}) {seg.text}")
-                continue
-            numbered = []
-            for a, b in sentence_spans(seg.text, seg.start):
-                spans.append((a, b, seg.turn_index))
-                numbered.append(f"[{len(spans)}] {transcript.text[a:b]}")
-            lines.append(f"({seg.speaker})\n" + "\n".join(numbered))
+    def request(self, chunk: Chunk, repeat: int) -> ChatRequest:
+        """The request for one chunk in run ``repeat``."""
+        lines = [f"({s.speaker}{'' if s.coded else ', interviewer'}) {s.text}" for s in chunk.segments]
         ctx = ""
         if chunk.context:
-            ctx = "Earlier in the interview (context only):\n" + "\n".join(
-                f"({s.speaker}) {s.text}" for s in chunk.context
-            )
-            ctx += "\n"
+            earlier = "\n".join(f"({s.speaker}) {s.text}" for s in chunk.context)
+            ctx = "Earlier in the interview (context only):\n" + earlier + "\n"
         o = self.options
-        req = self._prompt.request(
+        return self._prompt.request(
             self.model,
-            discovery_schema(len(spans), o.max_themes_per_chunk),
+            discovery_schema(o.max_themes_per_chunk),
             "discovered_themes",
             temperature=o.temperature_for(repeat),
             max_tokens=o.max_tokens,
@@ -162,53 +152,65 @@ class CandidateFinder:
             context=ctx,
             excerpt="\n\n".join(lines),
         )
-        return _Numbered(req, spans)
+
+    def _ground(self, transcript: Transcript, chunk: Chunk, quote: str) -> Quote | None:
+        """The quote's exact span in one of the chunk's interviewee segments, or None."""
+        for seg in chunk.coded_segments:
+            a = align_quote(quote, transcript.text, seg.start, seg.end)
+            if a is not None:
+                return Quote(start=a.start, end=a.end, text=transcript.text[a.start : a.end], turn_index=seg.turn_index)
+        return None
 
     def find(self, transcript: Transcript, chunk: Chunk, repeat: int) -> _Found:
-        """Candidates of one chunk: (candidates, dropped, usage, attempts)."""
-        numbered = self.request(transcript, chunk, repeat)
-        n = len(numbered.spans)
+        """Candidates of one chunk: (candidates, ungrounded, usage, attempts).
+
+        A candidate whose quote is not in the interviewee's words of the chunk is dropped and
+        returned as ungrounded: it is never reported as a quote.
+        """
 
         def check(ans: DiscoveryAnswer) -> list[str]:
-            errs = []
-            for i, t in enumerate(ans.themes):
-                if t.kind not in ("challenge", "enabler"):
-                    errs.append(f"themes[{i}].kind must be 'challenge' or 'enabler', not {t.kind!r}")
-                if not any(1 <= s <= n for s in t.sentences):
-                    errs.append(f"themes[{i}].sentences must name sentences 1..{n}")
-            return errs
+            return [
+                f"themes[{i}].label {t.label!r} names the kind, not the theme: say what it is about"
+                for i, t in enumerate(ans.themes)
+                if _generic(t.label)
+            ]
 
         ans, _, attempts, usage = ask(
-            self.model, numbered.request, DiscoveryAnswer, check=check, max_reasks=self.options.max_reasks
+            self.model,
+            self.request(chunk, repeat),
+            DiscoveryAnswer,
+            check=check,
+            max_reasks=self.options.max_reasks,
         )
         out: list[Candidate] = []
-        dropped = 0
+        lost: list[Ungrounded] = []
+        seen: set[tuple[str, int, int]] = set()
         for t in ans.themes[: self.options.max_themes_per_chunk]:
             label = " ".join(t.label.split()).strip(" .")
-            sentences = sorted({s for s in t.sentences if 1 <= s <= n})
-            if not label or t.kind not in ("challenge", "enabler") or not sentences:
-                dropped += 1
+            if not label or _generic(label) or t.kind not in ("challenge", "enabler"):
                 continue
-            quotes = []
-            for s in sentences:
-                a, b, turn = numbered.spans[s - 1]
-                quotes.append(Quote(start=a, end=b, text=transcript.text[a:b], turn_index=turn))
+            theme_kind: Kind = "challenge" if t.kind == "challenge" else "enabler"
+            quote = self._ground(transcript, chunk, t.quote)
+            if quote is None:
+                lost.append(Ungrounded(code_id=label, quote=t.quote, where="discovery"))
+                continue
+            if (label.lower(), quote.start, quote.end) in seen:  # the same theme twice (small models repeat)
+                continue
+            seen.add((label.lower(), quote.start, quote.end))
             out.append(
                 Candidate(
                     transcript_id=transcript.id,
                     repeat=repeat,
                     chunk=chunk.index,
-                    kind=t.kind,  # type: ignore[arg-type]
+                    kind=theme_kind,
                     label=label,
                     description=" ".join(t.description.split()),
-                    quotes=tuple(quotes),
+                    quotes=(quote,),
                 )
             )
-        return out, dropped, usage, attempts
+        return out, lost, usage, attempts
 
-    def units(
-        self, transcript: Transcript, repeat: int
-    ) -> list[tuple[str, Callable[[], tuple[list[Candidate], int, Usage, int]]]]:
+    def units(self, transcript: Transcript, repeat: int) -> list[tuple[str, Callable[[], _Found]]]:
         """The units of work for one transcript in one run, each with a name and a thunk."""
         return [(f"chunk {c.index}", partial(self.find, transcript, c, repeat)) for c in self.chunks(transcript)]
 
@@ -217,11 +219,12 @@ class CandidateFinder:
     ) -> CandidateSet:
         """All candidates of a transcript in one run; a failed chunk is recorded and the rest goes on."""
         candidates: list[Candidate] = []
+        lost: list[Ungrounded] = []
         failures: list[Failure] = []
-        dropped = calls = p_tok = c_tok = 0
+        calls = p_tok = c_tok = 0
         for name, thunk in self.units(transcript, repeat):
             try:
-                found, lost, usage, attempts = thunk()
+                found, ungrounded, usage, attempts = thunk()
             except ModelError as exc:
                 failures.append(Failure.from_error(name, exc))
                 calls += 1
@@ -230,7 +233,7 @@ class CandidateFinder:
                 if on_unit:
                     on_unit()
             candidates.extend(found)
-            dropped += lost
+            lost.extend(ungrounded)
             calls += attempts
             p_tok += usage.prompt_tokens
             c_tok += usage.completion_tokens
@@ -239,7 +242,7 @@ class CandidateFinder:
             repeat=repeat,
             fingerprint=fingerprint,
             candidates=tuple(candidates),
-            dropped=dropped,
+            ungrounded=tuple(lost),
             failures=tuple(failures),
             calls=calls,
             usage=Usage(prompt_tokens=p_tok, completion_tokens=c_tok),

@@ -1,6 +1,6 @@
 """Consolidation: candidate themes from every chunk, transcript and run merged into themes.
 
-Step 1 (always): candidates of the same kind are clustered on the cosine similarity of their
+Step 1 (always): candidates are clustered on the cosine similarity of their
 embeddings ("label: description"), average linkage, cut at ``similarity`` (scipy's hierarchical
 clustering). Step 2 (``merge="embedding+model"``): the model sees the clusters' labels, numbered, and
 groups the ones that mean the same; groups are merged. The model only ever answers with numbers, so it
@@ -41,6 +41,7 @@ class Theme(BaseModel):
 
     id: str
     kind: Kind
+    kind_votes: dict[str, int]  # how many members the model called a challenge, an enabler
     label: str
     description: str
     prevalence: int  # transcripts in which it was found (in any run)
@@ -83,7 +84,7 @@ def _slug(label: str, used: set[str], prefix: str) -> str:
 _STOP = {"a", "an", "and", "the", "of", "to", "in", "for", "on", "with", "by", "or", "at", "from", "lack"}
 
 
-GroupFn = Callable[[Kind, list[str]], list[list[int]]]
+GroupFn = Callable[[list[str]], list[list[int]]]
 
 
 def consolidate(
@@ -95,30 +96,27 @@ def consolidate(
     model_merge_margin: float = 0.25,
     max_quotes: int = 3,
 ) -> list[Theme]:
-    """Merge ``candidates`` into themes, challenges then enablers, each by prevalence (most first)."""
+    """Merge ``candidates`` into themes, challenges then enablers, each by prevalence (most first).
+
+    Candidates are clustered whatever kind the model gave them, and a theme's kind is its members'
+    majority (the medoid's on a tie): a small model often calls the same topic a challenge in one
+    excerpt and an enabler in the next, and splitting on kind first kept those apart.
+    """
+    if not candidates:
+        return []
+    vecs = embedder.embed([c.text for c in candidates])
+    groups = cluster(vecs, similarity)
+    if group_with_model is not None and len(groups) > 1:
+        groups = _merge_groups(groups, candidates, vecs, group_with_model, similarity - model_merge_margin)
+    built = [_theme(candidates, vecs, g, max_quotes) for g in groups]
     themes: list[Theme] = []
     used: set[str] = set()
-    kinds: tuple[tuple[Kind, str], ...] = (("challenge", "C"), ("enabler", "E"))
-    for kind, prefix in kinds:
-        members = [c for c in candidates if c.kind == kind]
-        if not members:
-            continue
-        vecs = embedder.embed([c.text for c in members])
-        groups = cluster(vecs, similarity)
-        if group_with_model is not None and len(groups) > 1:
-            groups = _merge_groups(
-                groups,
-                members,
-                vecs,
-                kind,
-                group_with_model,
-                similarity - model_merge_margin,
-            )
-        built = [_theme(members, vecs, g, max_quotes) for g in groups]
-        built.sort(key=lambda t: (-t.prevalence, -t.runs, -t.members, t.label.lower()))
-        for n, theme in enumerate(built, start=1):
-            theme_id = _slug(theme.label, used, f"{prefix}{n:02d}")
-            themes.append(theme.model_copy(update={"id": theme_id}))
+    for kind, prefix in (("challenge", "C"), ("enabler", "E")):
+        of_kind = sorted(
+            (t for t in built if t.kind == kind), key=lambda t: (-t.prevalence, -t.runs, -t.members, t.label.lower())
+        )
+        for n, theme in enumerate(of_kind, start=1):
+            themes.append(theme.model_copy(update={"id": _slug(theme.label, used, f"{prefix}{n:02d}")}))
     return themes
 
 
@@ -131,7 +129,6 @@ def _merge_groups(
     groups: list[list[int]],
     members: Sequence[Candidate],
     vecs: np.ndarray,
-    kind: Kind,
     group_fn: GroupFn,
     floor: float,
 ) -> list[list[int]]:
@@ -141,7 +138,7 @@ def _merge_groups(
         m = g[_medoid(vecs[g])]
         labels.append(members[m].text)
     medoids = np.stack([vecs[g][_medoid(vecs[g])] for g in groups])
-    answer = group_fn(kind, labels)
+    answer = group_fn(labels)
     seen: set[int] = set()
     merged: list[list[int]] = []
     for grp in answer:
@@ -165,6 +162,10 @@ def _theme(members: Sequence[Candidate], vecs: np.ndarray, group: list[int], max
     to_centre = sub @ centre
     order = [group[i] for i in np.argsort(-to_centre, kind="stable")]
     medoid = members[group[_medoid(sub)]]
+    votes = {k: sum(members[i].kind == k for i in group) for k in ("challenge", "enabler")}
+    kind: Kind = medoid.kind
+    if votes["challenge"] != votes["enabler"]:
+        kind = "challenge" if votes["challenge"] > votes["enabler"] else "enabler"
     labels: list[str] = []
     for i in [group[_medoid(sub)], *order]:
         if members[i].label.lower() not in {x.lower() for x in labels}:
@@ -189,7 +190,8 @@ def _theme(members: Sequence[Candidate], vecs: np.ndarray, group: list[int], max
     transcripts = tuple(sorted({members[i].transcript_id for i in group}))
     return Theme(
         id="",
-        kind=medoid.kind,
+        kind=kind,
+        kind_votes=votes,
         label=medoid.label,
         description=medoid.description,
         prevalence=len(transcripts),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quallm.discovery.candidates import DiscoverOptions, Kind
+from quallm.discovery.candidates import DiscoverOptions
 from quallm.discovery.consolidate import GroupFn
 from quallm.errors import ModelError
 from quallm.models.base import ChatModel
@@ -15,7 +15,7 @@ def model_grouper(model: ChatModel, options: DiscoverOptions, log: list[str] | N
     """A grouping function for :func:`consolidate` that asks ``model``; on failure nothing is merged."""
     prompt = load_prompt("discover_merge")
 
-    def group(kind: Kind, labels: list[str]) -> list[list[int]]:
+    def group(labels: list[str]) -> list[list[int]]:
         request = prompt.request(
             model,
             merge_schema(len(labels)),
@@ -24,14 +24,13 @@ def model_grouper(model: ChatModel, options: DiscoverOptions, log: list[str] | N
             max_tokens=max(256, 12 * len(labels)),
             seed=options.seed,
             focus=options.focus or "(not stated)",
-            kind=kind + "s",
             themes="\n".join(f"{i}. {t}" for i, t in enumerate(labels, start=1)),
         )
         try:
             ans, _, _, _ = ask(model, request, MergeAnswer, max_reasks=options.max_reasks)
         except ModelError as exc:
             if log is not None:
-                log.append(f"model merge of {kind}s failed, clusters kept as they are: {exc}")
+                log.append(f"model merge failed, clusters kept as they are: {exc}")
             return [[i] for i in range(1, len(labels) + 1)]
         return ans.groups
 

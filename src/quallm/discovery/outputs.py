@@ -114,7 +114,14 @@ def render_themes_md(themes: Sequence[Theme], info: dict[str, Any]) -> str:
                 lines += [t.description, ""]
             if len(t.labels) > 1:
                 lines += ["Also worded as: " + "; ".join(t.labels[1:6]), ""]
-            lines += [f"Sources: {', '.join(t.transcripts)} · {t.members} candidates · cohesion {t.cohesion:.2f}", ""]
+            mixed = ""
+            if min(t.kind_votes.values(), default=0) > 0:
+                v = t.kind_votes
+                mixed = f" · mixed kind ({v['challenge']} as challenge, {v['enabler']} as enabler)"
+            lines += [
+                f"Sources: {', '.join(t.transcripts)} · {t.members} candidates · cohesion {t.cohesion:.2f}{mixed}",
+                "",
+            ]
             for q in t.quotes:
                 lines.append(f"> {' '.join(q.quote.text.split())}  ")
                 lines.append(f"> — {q.transcript_id}, characters {q.quote.start}–{q.quote.end}")

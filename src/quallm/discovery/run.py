@@ -203,9 +203,7 @@ def run_discovery(
     report.candidates = len(candidates)
     notes: list[str] = []
     grouper = model_grouper(chat, opts, notes) if opts.merge == "embedding+model" else None
-    themes = consolidate(
-        candidates, embedder, similarity=opts.similarity, group_with_model=grouper
-    )
+    themes = consolidate(candidates, embedder, similarity=opts.similarity, group_with_model=grouper)
     report.themes = themes
     report.notes = notes
     for n in notes:
