@@ -68,7 +68,7 @@ def main() -> None:
           f"{info['repeats']} run(s), {info['candidates']} candidates -> {len(themes)} themes")  # fmt: skip
     reference = Codebook.load(DEMO / "codebook.yaml")
     ref_vecs = embedder.embed([f"{c.label}: {c.definition}" for c in reference.codes])
-    th_vecs = embedder.embed([f"{t['label']}: {t['description']}" if t["description"] else str(t["label"]) for t in themes])
+    th_vecs = embedder.embed([f"{t['label']}: {t['description']}" for t in themes])
     same_kind = np.array([[c.kind == t["kind"] for t in themes] for c in reference.codes], dtype=bool)
     sims = np.where(same_kind, ref_vecs @ th_vecs.T, -1.0) if len(themes) else np.zeros((len(reference.codes), 0))
     print(f"\n{'reference code':<22} {'best theme':<46} {'cos':>5} {'transcripts':>11}")

@@ -1,6 +1,7 @@
 """Prompt tokens sent per transcript token, per strategy, and whether the instructions form a cacheable prefix.
 
-Run: ``python benchmarks/bench_tokens.py`` (``--chunk-tokens N``, ``--encoding``). Builds the exact
+Run: ``python benchmarks/bench_tokens.py`` (``--chunk-tokens N``, ``--encoding``, ``--joined`` to code
+the five demo interviews joined as one interview of typical length). Builds the exact
 unit requests the Extractor sends for the demo transcripts and codebook (``fixtures/demo/``), counts
 them with tiktoken (o200k by default; chat framing included, response schema counted as compact JSON),
 and checks whether the system message (instructions + codebook) is byte-identical across requests, so
@@ -34,16 +35,31 @@ def _common_prefix(texts: list[str]) -> str:
     return first[:n]
 
 
+def _joined(transcripts: list[Transcript], folder: Path) -> list[Transcript]:
+    """The demo interviews joined into one, as long as a typical hour-long interview (about 8,500 tokens)."""
+    path = folder / "joined_interview.txt"
+    path.write_text("\n\n".join(t.text for t in transcripts), encoding="utf-8")
+    return [t for t in load_transcripts([path]) if isinstance(t, Transcript)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--chunk-tokens", type=int, default=ExtractOptions().chunk_tokens)
     ap.add_argument("--encoding", default="o200k_base")
+    ap.add_argument(
+        "--joined", action="store_true", help="code the five demo interviews joined as one hour-long interview"
+    )
     args = ap.parse_args()
     tok = TiktokenTokenizer(args.encoding)
     codebook = Codebook.load(DEMO / "codebook.yaml")
     transcripts = [t for t in load_transcripts([DEMO]) if isinstance(t, Transcript)]
+    if args.joined:
+        import tempfile
+
+        transcripts = _joined(transcripts, Path(tempfile.mkdtemp()))
     transcript_tokens = sum(tok.count(t.text) for t in transcripts)
-    print(f"{len(transcripts)} demo transcripts, {transcript_tokens:,} transcript tokens ({args.encoding}); "
+    what = "joined demo transcript" if args.joined else "demo transcripts"
+    print(f"{len(transcripts)} {what}, {transcript_tokens:,} transcript tokens ({args.encoding}); "
           f"codebook {codebook.name!r}, {len(codebook.codes)} codes")  # fmt: skip
     print(f"{'strategy':<22} {'requests':>8} {'prompt tok':>10} {'per tr. tok':>11} {'system tok':>10} "
           f"{'system share':>12} {'distinct systems':>16}")  # fmt: skip

@@ -102,12 +102,12 @@ def theme_answer(request: ChatRequest, invent: bool = False) -> str:
             if not m:
                 continue
             label, description = wordings[(len(m.group(0)) + (request.seed or 0)) % len(wordings)]
-            themes.append({"quote": m.group(0).strip(), "label": label, "description": description, "kind": kind})
+            themes.append({"quote": m.group(0).strip(), "topic": label, "description": description, "kind": kind})
     if invent:
         themes.append(
             {
                 "quote": "We have never had any problems with anything at all.",
-                "label": "Invented theme",
+                "topic": "Invented theme",
                 "description": "Not said.",
                 "kind": "enabler",
             }
@@ -224,7 +224,7 @@ def test_repeats_report_stability(corpus: Path, tmp_path: Path, embedder: MiniLM
     def flaky(request: ChatRequest) -> str:
         answer = json.loads(theme_answer(request))
         if request.seed == 1:  # the second run never sees the courts
-            answer["themes"] = [t for t in answer["themes"] if "ourt" not in t["label"]]
+            answer["themes"] = [t for t in answer["themes"] if "ourt" not in t["topic"]]
         return json.dumps(answer)
 
     model = FakeModel(flaky)

@@ -121,7 +121,7 @@ class DiscoveredTheme(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     quote: str
-    label: str
+    topic: str
     description: str = ""
     kind: str
 
@@ -141,17 +141,18 @@ class MergeAnswer(BaseModel):
 
 
 def discovery_schema(max_themes: int) -> dict[str, Any]:
-    """Schema of a discovery answer: themes, each a quote, a label, a description, then its kind.
+    """Schema of a discovery answer: themes, each a quote, a topic (the label), a description, then its kind.
 
     The kind comes last so that the model decides it after describing the theme (evidence, then
-    abstraction, then classification). Measured on the 1.5B model: with two lists (one per kind) it
+    abstraction, then classification). The label is asked for as ``topic``: asked for a "label", the
+    1.5B model often wrote "Challenge". Measured on the 1.5B model: with two lists (one per kind) it
     copied its challenges into the enablers, and with one request per kind it listed the same topics
     under both.
     """
     item = _obj(
         {
             "quote": {"type": "string", "maxLength": 300},
-            "label": {"type": "string", "maxLength": 60},
+            "topic": {"type": "string", "maxLength": 60},
             "description": {"type": "string", "maxLength": 200},
             "kind": {"type": "string", "enum": ["challenge", "enabler"]},
         }
