@@ -80,15 +80,20 @@ def main() -> None:
         mark = "" if sims[i, j] >= THRESHOLD else "  (not recovered)"
         label = f"{themes[j]['id']} {themes[j]['label']}"[:46]
         print(f"{code.id:<22} {label:<46} {sims[i, j]:>5.2f} {themes[j]['prevalence']:>11}{mark}")
-    print(f"\n{'threshold':>9} {'recovered':>10} {'unmatched themes':>17} {'unmatched (in draft codebook)':>30}")
     min_tr = min(int(str(info["min_transcripts"])), int(str(info["transcripts"])))
     in_draft = np.array([int(str(t["prevalence"])) >= min_tr for t in themes], dtype=bool)
+    n_ref = len(reference.codes)
+    print(f"\n{'':>9} {'all themes':^28} {'draft codebook (>= ' + str(min_tr) + ' transcripts)':^36}")
+    print(f"{'threshold':>9} {'recovered':>12} {'unmatched':>14}   {'recovered':>14} {'unmatched':>18}")
     for thr in (0.4, THRESHOLD, 0.6):
-        recovered = int((sims.max(axis=1) >= thr).sum()) if sims.shape[1] else 0
+        best_ref = sims.max(axis=1) if sims.shape[1] else np.full(n_ref, -1.0)
         unmatched = (sims.max(axis=0) < thr) if sims.shape[1] else np.zeros(0, dtype=bool)
-        star = " <- stated threshold" if thr == THRESHOLD else ""
-        print(f"{thr:>9.2f} {recovered:>5}/{len(reference.codes):<4} {int(unmatched.sum()):>8}/{len(themes):<8} "
-              f"{int((unmatched & in_draft).sum()):>14}/{int(in_draft.sum()):<15}{star}")  # fmt: skip
+        draft_sims = sims[:, in_draft] if sims.shape[1] else sims
+        draft_rec = int((draft_sims.max(axis=1) >= thr).sum()) if draft_sims.shape[1] else 0
+        star = "  <- stated threshold" if thr == THRESHOLD else ""
+        rec, unm, draft_unm = int((best_ref >= thr).sum()), int(unmatched.sum()), int((unmatched & in_draft).sum())
+        print(f"{thr:>9.2f} {rec:>7}/{n_ref:<4} {unm:>9}/{len(themes):<4}   "
+              f"{draft_rec:>9}/{n_ref:<4} {draft_unm:>13}/{int(in_draft.sum()):<4}{star}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -180,3 +180,29 @@ def test_cache_file_survives_a_killed_writer(tmp_path: Path) -> None:
     hit = cache.get(r)
     assert hit is not None and hit.cached
     cache.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_ctrl_c_stops_after_the_current_transcript_and_says_how_to_resume(
+    tmp_path: Path, tiny_codebook_yaml: Path
+) -> None:
+    inputs = [DEMO / "la01_northshire.txt", DEMO / "la02_eastbury.txt", DEMO / "la05_highfield.txt"]
+    with OpenAITestServer(responder, Faults(latency=0.05)) as srv:
+        cmd = _extract_cmd(inputs, tiny_codebook_yaml, tmp_path / "run", srv.base_url, tmp_path / "c.sqlite3")
+        cmd[cmd.index("--concurrency") + 1] = "1"
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+        results = tmp_path / "run" / "results"
+        deadline = time.monotonic() + 120
+        while not (results.is_dir() and any(results.glob("*.json"))) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before Ctrl-C"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, err
+        assert "Stopping after the current transcript" in err
+        assert "run the same command again to resume" in err
+        done = sorted(p.name for p in results.glob("*.json"))
+        assert 1 <= len(done) < 3  # stopped early, finished work saved
+        rerun = _run(cmd)
+        assert rerun.returncode == 0, rerun.stderr
+        assert len(list(results.glob("*.json"))) == 3

@@ -97,3 +97,29 @@ def test_estimate_makes_no_call_and_cache_commands(tmp_path: Path) -> None:
     assert r.exit_code == 0 and '"entries": 0' in r.output, r.output
     r = runner.invoke(app, ["cache", "clear", "--cache", str(cache)])
     assert r.exit_code == 0 and "Cleared" in r.output
+
+
+def test_progress_bar_shows_tokens_and_cost_so_far() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from quallm.cli import _price_of, _RichProgress
+    from quallm.models.base import Usage
+    from quallm.results import TranscriptResult
+
+    price = _price_of("gpt-4o-mini")
+    assert price is not None and price.input > 0
+    with Progress(console=Console(file=StringIO())) as progress:
+        tracker = _RichProgress(progress, price)
+        tracker.start(2)
+        result = TranscriptResult(
+            transcript_id="t1", source="t1.txt", format="txt", fingerprint="f", n_turns=1, n_coded_units=1,
+            strategy="chunk", usage=Usage(prompt_tokens=1_000_000, completion_tokens=0),
+        )  # fmt: skip
+        tracker.transcript_started("t1", 1)
+        tracker.transcript_done(result)
+        description = progress.tasks[0].description
+    assert "1,000,000 tokens" in description
+    assert f"${price.input:.4f}" in description  # a million input tokens cost the input price per million

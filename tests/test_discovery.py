@@ -338,3 +338,19 @@ def test_kind_is_the_members_majority(embedder: MiniLMEmbedder) -> None:
     (theme,) = consolidate([cand("enabler", "a"), cand("challenge", "b"), cand("enabler", "c")], embedder)
     assert theme.kind == "enabler" and theme.kind_votes == {"challenge": 1, "enabler": 2}
     assert theme.id.startswith("E01_") and theme.prevalence == 3
+
+
+def test_stopped_run_resumes_to_the_same_themes(corpus: Path, tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+    whole = run_discovery([corpus], FakeModel(theme_answer), tmp_path / "whole", embedder)
+    first = FakeModel(theme_answer)
+    stopped = run_discovery(
+        [corpus], first, tmp_path / "d", embedder, should_stop=lambda: len(first.requests) >= 1
+    )
+    assert not stopped.ok and stopped.incomplete == ["2 transcript run(s) not done (stopped early)"]
+    assert "Incomplete" in (tmp_path / "d" / "themes.md").read_text()
+    rest = FakeModel(theme_answer)
+    resumed = run_discovery([corpus], rest, tmp_path / "d", embedder)
+    assert resumed.ok and resumed.skipped == 1 and len(rest.requests) == 2
+    strip = lambda p: json.loads(p.read_text())["themes"]  # noqa: E731
+    assert strip(tmp_path / "d" / "themes.json") == strip(tmp_path / "whole" / "themes.json")
+    assert whole.ok
