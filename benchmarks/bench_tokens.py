@@ -14,10 +14,10 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from quallm.batch_api import chat_body, unit_requests
+from quallm.batch_api import chat_body, job_requests
 from quallm.codebook import Codebook
 from quallm.estimate import _TokenizerOnly, prompt_tokens
-from quallm.extract import ExtractOptions, Extractor
+from quallm.extract import REMOTE_CHUNK_TOKENS, ExtractOptions, Extractor
 from quallm.models.base import OutputMode
 from quallm.tokenizers import TiktokenTokenizer
 from quallm.transcripts import load_transcripts
@@ -44,7 +44,8 @@ def _joined(transcripts: list[Transcript], folder: Path) -> list[Transcript]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--chunk-tokens", type=int, default=ExtractOptions().chunk_tokens)
+    ap.add_argument("--chunk-tokens", type=int, default=REMOTE_CHUNK_TOKENS)
+    ap.add_argument("--no-pack", action="store_true", help="one transcript per request (no packing)")
     ap.add_argument("--encoding", default="o200k_base")
     ap.add_argument(
         "--joined", action="store_true", help="code the five demo interviews joined as one hour-long interview"
@@ -64,14 +65,15 @@ def main() -> None:
     print(f"{'strategy':<22} {'requests':>8} {'prompt tok':>10} {'per tr. tok':>11} {'system tok':>10} "
           f"{'system share':>12} {'distinct systems':>16}")  # fmt: skip
     for strategy in ("chunk", "turn"):
-        opts = ExtractOptions(strategy=strategy, chunk_tokens=args.chunk_tokens)
+        opts = ExtractOptions(strategy=strategy, chunk_tokens=args.chunk_tokens, pack=not args.no_pack)
         # A stand-in with gpt-4o's name (o200k); the endpoint is remote, as for a provider's prefix cache.
         extractor = Extractor(_TokenizerOnly("gpt-4o", "api.openai.com", tok), codebook, opts)
-        requests = [r for t in transcripts for _, r in unit_requests(extractor, t)]
+        requests = [r for _, r in job_requests(extractor, transcripts)]
         total = sum(prompt_tokens(r, tok) for r in requests)
         systems = {hashlib.sha256(r.messages[0].content.encode()).hexdigest() for r in requests}
         system_tokens = tok.count(requests[0].messages[0].content)
-        label = f"{strategy}" + (f" ({args.chunk_tokens} tok)" if strategy == "chunk" else "")
+        packing = "" if args.no_pack else ", packed"
+        label = strategy + (f" ({args.chunk_tokens}{packing})" if strategy == "chunk" else "")
         print(f"{label:<22} {len(requests):>8} {total:>10,} {total / transcript_tokens:>11.2f} {system_tokens:>10,} "
               f"{system_tokens * len(requests) / total:>12.0%} {len(systems):>16}")  # fmt: skip
         if len(systems) == 1:

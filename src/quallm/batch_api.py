@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from quallm.chunking import Chunk, Segment
 from quallm.codebook import Codebook
 from quallm.errors import ConfigError, NetworkDisabledError, QuallmError, TransportError
-from quallm.extract import ExtractOptions, Extractor, fingerprint
+from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs
 from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper, Usage
 from quallm.models.openai_compat import chat_body
 from quallm.rundir import RunDir, atomic_write_text, now_iso
@@ -58,6 +58,18 @@ def unit_requests(extractor: Extractor, transcript: Transcript) -> list[tuple[st
             out.append((name, extractor.turn_request(transcript, target)))
         else:
             raise ConfigError(f"cannot read the request of unit {name!r} (Extractor.units changed shape)")
+    return out
+
+
+def job_requests(extractor: Extractor, transcripts: Sequence[Transcript]) -> list[tuple[list[str], ChatRequest]]:
+    """(transcript ids, request) for every coding request of a batch as the runner sends it, packs included."""
+    out: list[tuple[list[str], ChatRequest]] = []
+    for pack in plan_packs([extractor.pack_size(t) for t in transcripts], extractor.options.chunk_tokens):
+        group = [transcripts[i] for i in pack]
+        if len(group) > 1:
+            out.append(([t.id for t in group], extractor.pack_request([(t, extractor.chunks(t)[0]) for t in group])))
+        else:
+            out.extend(([group[0].id], r) for _, r in unit_requests(extractor, group[0]))
     return out
 
 
@@ -371,7 +383,9 @@ def run_batch_extraction(
     collects. Once done, the results are downloaded and :func:`run_extraction` runs with
     :class:`BatchAnswersModel` (``fallback``, default ``model``, answers the rest).
     """
-    opts = options or ExtractOptions()
+    # No packing: each batch line is one transcript's chunk, so the lines and the pipeline's requests
+    # match one to one (the Batch API's discount already halves the price).
+    opts = (options or ExtractOptions()).model_copy(update={"pack": False})
     run = RunDir(out)
     run.prepare()
     info = BatchInfo.load(run.path)

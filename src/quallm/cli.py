@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from quallm.errors import QuallmError
+from quallm.extract import LOCAL_CHUNK_TOKENS, REMOTE_CHUNK_TOKENS
 from quallm.runner import Progress as RunProgress
 
 app = typer.Typer(
@@ -165,8 +166,16 @@ def extract(
         typer.Option("--strategy", help="auto | turn (one call per answer; small models) | chunk (numbered segments)."),
     ] = "auto",
     chunk_tokens: Annotated[
-        int, typer.Option("--chunk-tokens", help="Token budget of a chunk (chunk strategy).")
-    ] = 3000,
+        int | None,
+        typer.Option(
+            "--chunk-tokens",
+            help="Transcript tokens per request, chunk strategy (default 3000 in process, 12000 remote); "
+            "shorter transcripts share a request up to it.",
+        ),
+    ] = None,
+    pack: Annotated[
+        bool, typer.Option("--pack/--no-pack", help="Chunk strategy: let short transcripts share a request.")
+    ] = True,
     concurrency: Annotated[
         int, typer.Option("--concurrency", help="Requests in flight (local models run one at a time).")
     ] = 4,
@@ -208,7 +217,8 @@ def extract(
         local = chat.endpoint.startswith("local:")
         options = ExtractOptions(
             strategy=strategy,  # type: ignore[arg-type]
-            chunk_tokens=chunk_tokens,
+            chunk_tokens=chunk_tokens or (LOCAL_CHUNK_TOKENS if local else REMOTE_CHUNK_TOKENS),
+            pack=pack,
             coded_speakers=tuple(s.strip() for s in speakers.split(",") if s.strip()) if speakers else (),
             summary=summary,
             concurrency=1 if local else max(1, concurrency),
@@ -342,7 +352,9 @@ def estimate(
     codebook: Annotated[Path, typer.Option("--codebook", "-c", help="Codebook YAML.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model name, e.g. gpt-4o-mini.")] = "gpt-4o-mini",
     strategy: Annotated[str, typer.Option("--strategy", help="turn | chunk (remote default: chunk).")] = "chunk",
-    chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Token budget of a chunk.")] = 3000,
+    chunk_tokens: Annotated[
+        int, typer.Option("--chunk-tokens", help="Transcript tokens per request (chunk strategy; as extract).")
+    ] = REMOTE_CHUNK_TOKENS,
     prices: Annotated[
         Path | None, typer.Option("--prices", help="JSON/YAML price table overriding the shipped one.")
     ] = None,

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from quallm.batch_api import chat_body, unit_requests
+from quallm.batch_api import chat_body, job_requests
 from quallm.codebook import Codebook
 from quallm.errors import ConfigError
 from quallm.extract import ExtractOptions, Extractor
@@ -253,16 +253,24 @@ def estimate(
     extractor = Extractor(_TokenizerOnly(model_name, endpoint, tok), codebook, opts)
     summary_prompt = load_prompt("summary")
     per: list[TranscriptEstimate] = []
-    for t in transcripts:
-        units = unit_requests(extractor, t)
-        p_tok = sum(prompt_tokens(r, tok) for _, r in units)
+    t_tokens = {t.id: tok.count(t.text) for t in transcripts}
+    acc: dict[str, list[int]] = {t.id: [0, 0, 0, 0] for t in transcripts}  # units, requests, prompt, completion
+    for ids, r in job_requests(extractor, transcripts):
+        p_tok = prompt_tokens(r, tok)
         if extractor.strategy == "turn":
-            c_tok = a.turn_completion_tokens * len(units)
+            c_tok = a.turn_completion_tokens
         else:
-            c_tok = sum(
-                min(opts.max_tokens, a.chunk_completion_tokens_per_segment * _coded_segments(r)) for _, r in units
-            )
-        requests = len(units)
+            c_tok = min(r.max_tokens, a.chunk_completion_tokens_per_segment * _coded_segments(r))
+        # A packed request is shared out in proportion to each transcript's length.
+        weights = [max(1, t_tokens[i]) for i in ids]
+        shares = zip(ids, _split(p_tok, weights), _split(c_tok, weights), strict=True)
+        for k, (i, p_share, c_share) in enumerate(shares):
+            acc[i][0] += 1
+            acc[i][1] += 1 if k == 0 else 0
+            acc[i][2] += p_share
+            acc[i][3] += c_share
+    for t in transcripts:
+        units, requests, p_tok, c_tok = acc[t.id]
         if opts.summary:
             system, user = summary_prompt.render(transcript_id=t.id, metadata="", evidence="")
             schema = json.dumps(summary_schema(codebook.ids, 3 * len(codebook.ids)), separators=(",", ":"))
@@ -274,8 +282,8 @@ def estimate(
         per.append(
             TranscriptEstimate(
                 transcript_id=t.id,
-                transcript_tokens=tok.count(t.text),
-                units=len(units),
+                transcript_tokens=t_tokens[t.id],
+                units=units,
                 requests=round(requests * scale),
                 prompt_tokens=round(p_tok * scale),
                 completion_tokens=round(c_tok * scale),
@@ -312,6 +320,13 @@ def estimate(
         assumptions=a,
         notes=notes,
     )
+
+
+def _split(total: int, weights: list[int]) -> list[int]:
+    """``total`` in whole parts proportional to ``weights``; the remainder goes to the first."""
+    parts = [total * w // sum(weights) for w in weights]
+    parts[0] += total - sum(parts)
+    return parts
 
 
 _CODE_LINE = re.compile(r"^\[S\d+\] \([^,\n]*, CODE\) ", re.M)

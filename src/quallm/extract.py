@@ -33,12 +33,18 @@ from quallm.models.base import ChatModel, ChatRequest, Usage
 from quallm.prompting import PromptTemplate, load_prompt, render_codebook
 from quallm.reask import ask
 from quallm.results import Failure, TranscriptResult, Ungrounded
-from quallm.schemas import ChunkAnswer, TurnAnswer, chunk_schema, turn_schema
+from quallm.schemas import ChunkAnswer, ChunkCoding, TurnAnswer, chunk_schema, turn_schema
 from quallm.summarise import summarise
 from quallm.tokenizers import CallableTokenizer
 from quallm.transcripts.model import Transcript
 
 Strategy = Literal["auto", "turn", "chunk"]
+
+#: Transcript tokens per request the CLI uses by default: small for an in-process model (its context is
+#: 8,192 tokens and it codes short excerpts better), large for remote models, whose contexts hold a whole
+#: interview, so the instructions and codebook (about 2,000 tokens for the demo) are sent less often.
+LOCAL_CHUNK_TOKENS = 3000
+REMOTE_CHUNK_TOKENS = 12000
 
 
 class ExtractOptions(BaseModel):
@@ -48,6 +54,9 @@ class ExtractOptions(BaseModel):
 
     strategy: Strategy = "auto"
     chunk_tokens: int = 3000
+    # Chunk strategy: transcripts that fit in one chunk share a request, up to chunk_tokens of
+    # transcript per request, so the instructions and codebook are sent once for several of them.
+    pack: bool = True
     context_tokens: int = 200
     unit_tokens: int = 1200
     max_codes_per_unit: int = 2
@@ -174,16 +183,41 @@ class Extractor:
                 f"({s.speaker}) {s.text}" for s in chunk.context
             )
             ctx += "\n"
-        schema = chunk_schema(self.codebook.ids, len(chunk.segments), self.options.max_codings_per_chunk)
-        return self._request(
-            self._chunk_prompt,
+        return self._chunk_request(chunk.segments, ctx, "\n\n".join(lines))
+
+    def _chunk_request(self, segments: Sequence[Segment], context: str, body: str) -> ChatRequest:
+        """A whole-chunk request; the answer's room grows with the transcript it holds.
+
+        Up to 3,000 tokens of transcript this is ``max_codings_per_chunk`` codings and ``max_tokens``;
+        a larger (or packed) chunk gets one coding per 75 transcript tokens and half its size in
+        completion tokens, so that a long request is not cut off for want of room.
+        """
+        o = self.options
+        size = sum(self.tokenizer.count(s.text) for s in segments)
+        schema = chunk_schema(self.codebook.ids, len(segments), max(o.max_codings_per_chunk, size // 75))
+        return self._chunk_prompt.request(
+            self.model,
             schema,
             "chunk_codings",
+            temperature=o.temperature,
+            max_tokens=max(o.max_tokens, size // 2),
+            seed=o.seed,
             codebook_name=self.codebook.name,
             codebook=self._codebook_text,
-            context=ctx,
-            segments="\n\n".join(lines),
+            context=context,
+            segments=body,
         )
+
+    def pack_request(self, items: Sequence[tuple[Transcript, Chunk]]) -> ChatRequest:
+        """One request for several short transcripts, each under its own header, segments numbered across them."""
+        lines = []
+        n = 0
+        for k, (t, chunk) in enumerate(items, start=1):
+            lines.append(f"=== Interview {k} of {len(items)}: {t.id} ===")
+            for s in chunk.segments:
+                n += 1
+                lines.append(f"[S{n}] ({s.speaker}, {'CODE' if s.coded else 'context'}) {s.text}")
+        return self._chunk_request([s for _, c in items for s in c.segments], "", "\n\n".join(lines))
 
     # --- units ----------------------------------------------------------------------------------
 
@@ -270,20 +304,60 @@ class Extractor:
         codings: list[Coding] = []
         lost: list[Ungrounded] = []
         for c in ans.codings:
-            seg = chunk.segments[c.segment - 1]
-            order = [seg] + [s for s in chunk.coded_segments if s is not seg]
-            coding = None
-            for candidate in order:
-                if not candidate.coded:
-                    continue
-                coding = self._ground(transcript, candidate, c.code_id, c.quote)
-                if coding is not None:
-                    break
-            if coding is None:
-                lost.append(Ungrounded(code_id=c.code_id, quote=c.quote, turn_index=seg.turn_index))
-                continue
-            codings.append(coding.model_copy(update={"rationale": c.rationale or None, "confidence": c.confidence}))
+            self._ground_chunk_coding(transcript, chunk, chunk.segments[c.segment - 1], c, codings, lost)
         return _UnitOutcome(codings, lost, usage, attempts)
+
+    def _ground_chunk_coding(
+        self,
+        transcript: Transcript,
+        chunk: Chunk,
+        seg: Segment,
+        c: ChunkCoding,
+        codings: list[Coding],
+        lost: list[Ungrounded],
+    ) -> None:
+        """Ground one answered coding in its segment, then in the chunk's other coded segments."""
+        order = [seg] + [s for s in chunk.coded_segments if s is not seg]
+        for candidate in order:
+            if not candidate.coded:
+                continue
+            coding = self._ground(transcript, candidate, c.code_id, c.quote)
+            if coding is not None:
+                codings.append(coding.model_copy(update={"rationale": c.rationale or None, "confidence": c.confidence}))
+                return
+        lost.append(Ungrounded(code_id=c.code_id, quote=c.quote, turn_index=seg.turn_index))
+
+    def code_pack(self, items: Sequence[tuple[Transcript, Chunk]]) -> list[_UnitOutcome]:
+        """Code several one-chunk transcripts in one request; each coding is grounded in its own transcript.
+
+        The request's usage is shared out in proportion to each transcript's segments; the call is
+        counted once, on the first transcript.
+        """
+        index = [(k, s) for k, (_, chunk) in enumerate(items) for s in chunk.segments]
+        valid = set(self.codebook.ids)
+        n = len(index)
+
+        def check(ans: ChunkAnswer) -> list[str]:
+            errs = []
+            for i, c in enumerate(ans.codings):
+                if c.code_id not in valid:
+                    errs.append(f"codings[{i}].code_id {c.code_id!r} is not in the codebook")
+                if not 1 <= c.segment <= n:
+                    errs.append(f"codings[{i}].segment {c.segment} does not exist (segments are 1..{n})")
+            return errs
+
+        ans, _, attempts, usage = ask(
+            self.model, self.pack_request(items), ChunkAnswer, check=check, max_reasks=self.options.max_reasks
+        )
+        codings: list[list[Coding]] = [[] for _ in items]
+        lost: list[list[Ungrounded]] = [[] for _ in items]
+        for c in ans.codings:
+            k, seg = index[c.segment - 1]
+            self._ground_chunk_coding(items[k][0], items[k][1], seg, c, codings[k], lost[k])
+        shares = _shares([len(chunk.segments) for _, chunk in items], usage)
+        return [
+            _UnitOutcome(codings[k], lost[k], shares[k], attempts if k == 0 else 0) for k in range(len(items))
+        ]
 
     # --- transcripts ----------------------------------------------------------------------------
 
@@ -297,14 +371,30 @@ class Extractor:
                 (f"turn {s.turn_index}" + (f".{s.part}" if s.part else ""), partial(self.code_turn, transcript, s))
                 for s in segs
             ]
-        chunks = chunk_transcript(
+        return [(f"chunk {c.index}", partial(self.code_chunk_or_split, transcript, c)) for c in self.chunks(transcript)]
+
+    def chunks(self, transcript: Transcript) -> list[Chunk]:
+        """The transcript's chunks for the chunk strategy."""
+        speakers = frozenset(self.options.coded_speakers) or None
+        return chunk_transcript(
             transcript,
             self.tokenizer,
             self.options.chunk_tokens,
             context_tokens=self.options.context_tokens,
             coded_speakers=speakers,
         )
-        return [(f"chunk {c.index}", partial(self.code_chunk_or_split, transcript, c)) for c in chunks]
+
+    def pack_size(self, transcript: Transcript) -> int | None:
+        """Transcript tokens of a transcript that packing may share a request with others, else None.
+
+        Only with the chunk strategy and ``pack`` on, and only for a transcript that is one chunk.
+        """
+        if self.strategy != "chunk" or not self.options.pack:
+            return None
+        chunks = self.chunks(transcript)
+        if len(chunks) != 1 or not chunks[0].coded_segments:
+            return None
+        return sum(self.tokenizer.count(s.text) for s in chunks[0].segments)
 
     def code_chunk_or_split(self, transcript: Transcript, chunk: Chunk) -> _UnitOutcome:
         """Code a chunk; if the answer is cut off (``length``), retry once as two halves, then report."""
@@ -356,6 +446,37 @@ class Extractor:
             tally.codings.extend(out.codings)
             tally.ungrounded.extend(out.ungrounded)
             tally.add_usage(out.usage, out.attempts)
+        return self._finish(transcript, tally, len(units), t0)
+
+    def extract_pack(
+        self, transcripts: Sequence[Transcript], on_unit: Callable[[str], None] | None = None
+    ) -> list[TranscriptResult]:
+        """Code several short transcripts in one shared request (see :meth:`pack_size`), then summarise each.
+
+        If the shared request fails or is cut off, each transcript is coded on its own instead, so
+        packing never loses a transcript.
+        """
+        if len(transcripts) == 1:
+            return [self.extract(transcripts[0], on_unit=partial(on_unit, transcripts[0].id) if on_unit else None)]
+        t0 = time.perf_counter()
+        items = [(t, self.chunks(t)[0]) for t in transcripts]
+        try:
+            outcomes = self.code_pack(items)
+        except ModelError:
+            return [self.extract(t, on_unit=partial(on_unit, t.id) if on_unit else None) for t in transcripts]
+        results = []
+        ids = [t.id for t in transcripts]
+        for t, out in zip(transcripts, outcomes, strict=True):
+            if on_unit:
+                on_unit(t.id)
+            tally = _Tally(codings=list(out.codings), ungrounded=list(out.ungrounded))
+            tally.add_usage(out.usage, out.attempts)
+            result = self._finish(t, tally, 1, t0)
+            results.append(result.model_copy(update={"packed_with": [i for i in ids if i != t.id]}))
+        return results
+
+    def _finish(self, transcript: Transcript, tally: _Tally, n_units: int, t0: float) -> TranscriptResult:
+        """Dedupe, summarise and wrap up one transcript's codings."""
         codings = _dedupe(tally.codings)
         summary = None
         if self.options.summary:
@@ -374,7 +495,7 @@ class Extractor:
             fingerprint=fingerprint(transcript, self.codebook, self.model, self.options),
             metadata=transcript.metadata,
             n_turns=len(transcript.turns),
-            n_coded_units=len(units),
+            n_coded_units=n_units,
             strategy=self.strategy,
             codings=codings,
             summary=summary,
@@ -386,6 +507,38 @@ class Extractor:
             usage=Usage(prompt_tokens=tally.prompt_tokens, completion_tokens=tally.completion_tokens),
             seconds=round(time.perf_counter() - t0, 3),
         )
+
+
+def plan_packs(sizes: Sequence[int | None], budget: int) -> list[list[int]]:
+    """Group transcripts (by index, in order) into requests: consecutive packable ones up to ``budget`` tokens.
+
+    ``sizes[i]`` is :meth:`Extractor.pack_size` of transcript ``i``; None means it goes alone.
+    """
+    packs: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i, size in enumerate(sizes):
+        if size is None:
+            packs.append([i])
+            continue
+        if current and used + size > budget:
+            packs.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += size
+    if current:
+        packs.append(current)
+    return sorted(packs, key=lambda pack: pack[0])
+
+
+def _shares(weights: Sequence[int], usage: Usage) -> list[Usage]:
+    """``usage`` split in proportion to ``weights`` (whole tokens; the remainder goes to the first)."""
+    total = max(1, sum(weights))
+    p = [usage.prompt_tokens * w // total for w in weights]
+    c = [usage.completion_tokens * w // total for w in weights]
+    p[0] += usage.prompt_tokens - sum(p)
+    c[0] += usage.completion_tokens - sum(c)
+    return [Usage(prompt_tokens=a, completion_tokens=b) for a, b in zip(p, c, strict=True)]
 
 
 def _dedupe(codings: Sequence[Coding]) -> list[Coding]:

@@ -100,6 +100,9 @@ class TranscriptResult(BaseModel):
     reasks: int = 0
     usage: Usage = Usage()
     seconds: float = 0.0
+    packed_with: list[str] = Field(
+        default_factory=list, description="transcripts coded in the same request (chunk strategy packing)"
+    )
 
     @property
     def complete(self) -> bool:

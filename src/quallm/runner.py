@@ -15,7 +15,7 @@ from typing import Any
 from quallm import __version__
 from quallm.codebook import Codebook
 from quallm.errors import QuallmError
-from quallm.extract import ExtractOptions, Extractor, fingerprint
+from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs
 from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper
 from quallm.prompting import load_prompt
 from quallm.results import TranscriptResult
@@ -136,6 +136,7 @@ def run_extraction(
     prog.start(len(paths))
     inputs_info = []
     todo: list[Path] = []  # paths, not transcripts: memory stays flat in the number of inputs
+    sizes: list[int | None] = []  # for packing short transcripts into shared requests (chunk strategy)
     for p in paths:
         if should_stop and should_stop():
             break
@@ -157,37 +158,39 @@ def run_extraction(
             prog.transcript_done(previous, skipped=True)
             continue
         todo.append(p)
+        sizes.append(extractor.pack_size(transcript))
+    jobs = [[todo[i] for i in pack] for pack in plan_packs(sizes, opts.chunk_tokens)]
 
-    def code(path: Path) -> TranscriptResult | None:
+    def code(paths: list[Path]) -> list[TranscriptResult]:
         if should_stop and should_stop():
-            return None
-        transcript = load_transcript(path, metadata.get(path.stem))
-        prog.transcript_started(transcript.id, len(extractor.units(transcript)))
-        return extractor.extract(transcript, on_unit=lambda: prog.unit_done(transcript.id))
+            return []
+        transcripts = [load_transcript(p, metadata.get(p.stem)) for p in paths]
+        for t in transcripts:
+            prog.transcript_started(t.id, 1 if len(transcripts) > 1 else len(extractor.units(t)))
+        return extractor.extract_pack(transcripts, on_unit=prog.unit_done)
 
-    def finish(result: TranscriptResult | None) -> None:
+    def finish(results: list[TranscriptResult]) -> None:
         # Called on this thread only, so the run directory and the report have a single writer.
-        if result is None:
-            return
-        run.save_result(result)
-        for u in result.ungrounded:
-            run.log("ungrounded", transcript_id=result.transcript_id, **u.model_dump(mode="json"))
-        for f in result.failures:
-            run.log("failure", transcript_id=result.transcript_id, **f.model_dump(mode="json"))
-        (report.incomplete if result.failures else report.done).append(result.transcript_id)
-        prog.transcript_done(result)
+        for result in results:
+            run.save_result(result)
+            for u in result.ungrounded:
+                run.log("ungrounded", transcript_id=result.transcript_id, **u.model_dump(mode="json"))
+            for f in result.failures:
+                run.log("failure", transcript_id=result.transcript_id, **f.model_dump(mode="json"))
+            (report.incomplete if result.failures else report.done).append(result.transcript_id)
+            prog.transcript_done(result)
 
     if opts.concurrency <= 1:
-        for path in todo:
-            finish(code(path))
+        for job in jobs:
+            finish(code(job))
     else:
         # Transcripts run concurrently too, so many short transcripts keep the endpoint busy; one
         # semaphore around the model caps the requests in flight for the whole run.
         # A sliding window of submissions, so finished results are written and freed as they come.
         with ThreadPoolExecutor(max_workers=opts.concurrency) as pool:
-            pending: set[Future[TranscriptResult | None]] = set()
-            for path in todo:
-                pending.add(pool.submit(code, path))
+            pending: set[Future[list[TranscriptResult]]] = set()
+            for job in jobs:
+                pending.add(pool.submit(code, job))
                 if len(pending) >= 2 * opts.concurrency:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
