@@ -16,7 +16,7 @@ from pathlib import Path
 
 from quallm.batch_api import chat_body, job_requests
 from quallm.codebook import Codebook
-from quallm.estimate import _TokenizerOnly, prompt_tokens
+from quallm.estimate import _TokenizerOnly, estimate, prompt_tokens
 from quallm.extract import REMOTE_CHUNK_TOKENS, ExtractOptions, Extractor
 from quallm.models.base import OutputMode
 from quallm.tokenizers import TiktokenTokenizer
@@ -86,6 +86,12 @@ def main() -> None:
         common = _common_prefix(sent)
         print(f"  {strategy}, json_object fallback: {len(set(sent))} distinct system messages as sent; common prefix "
               f"{tok.count(common):,} tokens (the per-request schema bounds follow it)")  # fmt: skip
+        # The per-transcript summaries are separate requests (their evidence size is an estimate's assumption).
+        est = estimate(transcripts, codebook, "gpt-4o", opts.model_copy(update={"summary": True}))
+        no_reask = est.assumptions.reask_rate
+        with_summaries = est.prompt_tokens / (1 + no_reask)
+        print(f"  {strategy}, with the per-transcript summaries (estimated, --no-summary drops them): "
+              f"{with_summaries / transcript_tokens:.2f} prompt tokens per transcript token")  # fmt: skip
 
 
 if __name__ == "__main__":
