@@ -147,3 +147,28 @@ def test_run_packs_short_transcripts_and_estimate_agrees(tmp_path: Path) -> None
 
 def _demo() -> list[Transcript]:
     return [t for t in load_transcripts([DEMO]) if isinstance(t, Transcript)]
+
+
+def test_resume_after_a_partly_saved_pack_sends_nothing_again(tmp_path: Path, tiny_codebook_yaml: Path) -> None:
+    from quallm.cache import CachedModel, ResponseCache
+
+    _corpus(tmp_path)
+    inputs = [tmp_path / f"{n}.txt" for n in ("la_a", "la_b", "la_c")]
+    cb = Codebook.load(tiny_codebook_yaml)
+    opts = ExtractOptions(strategy="chunk", chunk_tokens=3000)
+    cache = ResponseCache(tmp_path / "cache.sqlite3")
+
+    def responder(body: dict[str, Any]) -> str:
+        return keyword_answer(body["messages"])
+
+    with OpenAITestServer(responder) as srv:
+        model = CachedModel(OpenAICompatModel("test-model", base_url=srv.base_url), cache)
+        first = run_extraction(inputs, cb, model, tmp_path / "run", options=opts)
+        assert first.ok and len(srv.chat_requests) == 1 + 3  # one pack, three summaries
+        codings = (tmp_path / "run" / "codings.csv").read_text()
+        (tmp_path / "run" / "results" / "la_b.json").unlink()  # as if killed while saving the pack
+        again = run_extraction(inputs, cb, model, tmp_path / "run", options=opts)
+        assert again.ok and again.skipped == ["la_a", "la_c"] and again.done == ["la_b"]
+        assert len(srv.chat_requests) == 4  # the same pack, answered from the cache
+    assert (tmp_path / "run" / "codings.csv").read_text() == codings
+    cache.close()

@@ -135,8 +135,9 @@ def run_extraction(
     run.write_manifest(manifest)
     prog.start(len(paths))
     inputs_info = []
-    todo: list[Path] = []  # paths, not transcripts: memory stays flat in the number of inputs
+    loaded: list[Path] = []  # paths, not transcripts: memory stays flat in the number of inputs
     sizes: list[int | None] = []  # for packing short transcripts into shared requests (chunk strategy)
+    finished: set[str] = set()  # transcripts already done in an earlier run (by path)
     for p in paths:
         if should_stop and should_stop():
             break
@@ -156,18 +157,27 @@ def run_extraction(
         if previous and previous.complete and previous.fingerprint == fingerprint(transcript, codebook, model, opts):
             report.skipped.append(transcript.id)
             prog.transcript_done(previous, skipped=True)
-            continue
-        todo.append(p)
+            finished.add(str(p))
+        loaded.append(p)
         sizes.append(extractor.pack_size(transcript))
-    jobs = [[todo[i] for i in pack] for pack in plan_packs(sizes, opts.chunk_tokens)]
+    # Packs are planned over every input, finished or not, so a resumed run sends the very requests
+    # the first run sent (answered from the cache) rather than new packs of what is left.
+    jobs = [
+        [loaded[i] for i in pack]
+        for pack in plan_packs(sizes, opts.chunk_tokens)
+        if any(str(loaded[i]) not in finished for i in pack)
+    ]
 
     def code(paths: list[Path]) -> list[TranscriptResult]:
         if should_stop and should_stop():
             return []
         transcripts = [load_transcript(p, metadata.get(p.stem)) for p in paths]
+        todo_ids = {t.id for p, t in zip(paths, transcripts, strict=True) if str(p) not in finished}
         for t in transcripts:
-            prog.transcript_started(t.id, 1 if len(transcripts) > 1 else len(extractor.units(t)))
-        return extractor.extract_pack(transcripts, on_unit=prog.unit_done)
+            if t.id in todo_ids:
+                prog.transcript_started(t.id, 1 if len(transcripts) > 1 else len(extractor.units(t)))
+        results = extractor.extract_pack(transcripts, on_unit=lambda tid: prog.unit_done(tid))
+        return [r for r in results if r.transcript_id in todo_ids]
 
     def finish(results: list[TranscriptResult]) -> None:
         # Called on this thread only, so the run directory and the report have a single writer.
