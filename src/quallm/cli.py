@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
@@ -54,6 +56,20 @@ KeyEnvOpt = Annotated[
     str, typer.Option("--api-key-env", help="Environment variable that holds the API key (never pass a key itself).")
 ]
 ModelPathOpt = Annotated[Path | None, typer.Option("--model-path", help="Run any local GGUF file in process.")]
+AzureOpt = Annotated[
+    str | None, typer.Option("--azure-api-version", help="Use Azure OpenAI at --base-url with this API version.")
+]
+ConcurrencyOpt = Annotated[
+    int, typer.Option("--concurrency", help="Requests in flight (local models run one at a time).")
+]
+RecordOpt = Annotated[Path | None, typer.Option("--record", help="Save every model exchange as JSON in this folder.")]
+ReplayOpt = Annotated[
+    Path | None, typer.Option("--replay", help="Answer only from recordings in this folder (no model is run).")
+]
+CacheOpt = Annotated[
+    Path | None, typer.Option("--cache", help="Response cache file (default: responses.sqlite3 in the user cache dir).")
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")]
 
 
 class _RichProgress(RunProgress):
@@ -91,6 +107,32 @@ class _RichProgress(RunProgress):
                 self.p.remove_task(task)
             if skipped:
                 self.p.console.print(f"  {result.transcript_id}: already done, skipped")
+
+
+@contextmanager
+def _interruptible() -> Iterator[tuple[Progress, dict[str, bool]]]:
+    """A progress display, and a stop flag the first Ctrl-C sets (the run ends after the current
+    transcript and says how to resume); a second Ctrl-C stops at once. Library errors end the command."""
+    stop = {"flag": False}
+
+    def on_sigint(_sig: int, _frame: Any) -> None:
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        console.print("[yellow]Stopping after the current transcript (Ctrl-C again to stop now)...[/yellow]")
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
+            yield progress, stop
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted.[/yellow] Finished transcripts are saved; run the same command to resume.")
+        raise typer.Exit(130) from None
+    except QuallmError as exc:
+        _fail(str(exc))
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _price_of(model_name: str) -> Any:
@@ -151,9 +193,7 @@ def extract(
     base_url: BaseUrlOpt = None,
     api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
     model_path: ModelPathOpt = None,
-    azure_api_version: Annotated[
-        str | None, typer.Option("--azure-api-version", help="Use Azure OpenAI at --base-url with this API version.")
-    ] = None,
+    azure_api_version: AzureOpt = None,
     metadata: Annotated[
         Path | None, typer.Option("--metadata", help="CSV sidecar: transcript_id plus any columns (e.g. care_trend).")
     ] = None,
@@ -176,21 +216,12 @@ def extract(
     pack: Annotated[
         bool, typer.Option("--pack/--no-pack", help="Chunk strategy: let short transcripts share a request.")
     ] = True,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", help="Requests in flight (local models run one at a time).")
-    ] = 4,
+    concurrency: ConcurrencyOpt = 4,
     summary: Annotated[bool, typer.Option("--summary/--no-summary", help="Write a per-transcript summary.")] = True,
-    record: Annotated[
-        Path | None, typer.Option("--record", help="Save every model exchange as JSON in this folder.")
-    ] = None,
-    replay: Annotated[
-        Path | None, typer.Option("--replay", help="Answer only from recordings in this folder (no model is run).")
-    ] = None,
-    cache: Annotated[
-        Path | None,
-        typer.Option("--cache", help="Response cache file (default: responses.sqlite3 in the user cache dir)."),
-    ] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")] = False,
+    record: RecordOpt = None,
+    replay: ReplayOpt = None,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
     batch: Annotated[
         bool, typer.Option("--batch", help="Send the job through the OpenAI Batch API; run again to collect.")
     ] = False,
@@ -226,64 +257,38 @@ def extract(
     except QuallmError as exc:
         _fail(str(exc))
         return
-    stop = {"flag": False}
-
-    def on_sigint(_sig: int, _frame: Any) -> None:
-        if stop["flag"]:
-            raise KeyboardInterrupt
-        stop["flag"] = True
-        console.print("[yellow]Stopping after the current transcript (Ctrl-C again to stop now)...[/yellow]")
-
-    old = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        ) as progress:
-            tracker = _RichProgress(progress, None if local else _price_of(chat.name))
-            if batch:
-                report = _run_batch(
-                    transcripts,
-                    cb,
-                    chat,
-                    bare,
-                    out,
-                    options,
-                    metadata,
-                    codebook,
-                    info,
-                    wait,
-                    poll_interval,
-                    tracker,
-                )
-                if report is None:
-                    return
-            else:
-                report = run_extraction(
-                    transcripts,
-                    cb,
-                    chat,
-                    out,
-                    options=options,
-                    metadata_path=metadata,
-                    codebook_path=codebook,
-                    model_info=info,
-                    progress=tracker,
-                    should_stop=lambda: stop["flag"],
-                )
-    except KeyboardInterrupt:
-        console.print("[yellow]Interrupted.[/yellow] Finished transcripts are saved; run the same command to resume.")
-        raise typer.Exit(130) from None
-    except QuallmError as exc:
-        _fail(str(exc))
-        return
-    finally:
-        signal.signal(signal.SIGINT, old)
+    with _interruptible() as (progress, stop):
+        tracker = _RichProgress(progress, None if local else _price_of(chat.name))
+        if batch:
+            report = _run_batch(
+                transcripts,
+                cb,
+                chat,
+                bare,
+                out,
+                options,
+                metadata,
+                codebook,
+                info,
+                wait,
+                poll_interval,
+                tracker,
+            )
+            if report is None:
+                return
+        else:
+            report = run_extraction(
+                transcripts,
+                cb,
+                chat,
+                out,
+                options=options,
+                metadata_path=metadata,
+                codebook_path=codebook,
+                model_info=info,
+                progress=tracker,
+                should_stop=lambda: stop["flag"],
+            )
     for line in report.errors:
         console.print(f"[red]error:[/red] {line}", highlight=False)
     for line in report.warnings:
@@ -571,9 +576,7 @@ def discover(
     base_url: BaseUrlOpt = None,
     api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
     model_path: ModelPathOpt = None,
-    azure_api_version: Annotated[
-        str | None, typer.Option("--azure-api-version", help="Use Azure OpenAI at --base-url with this API version.")
-    ] = None,
+    azure_api_version: AzureOpt = None,
     repeats: Annotated[
         int, typer.Option("--repeats", min=1, help="Run discovery N times (sampled, one seed each) to show stability.")
     ] = 1,
@@ -595,20 +598,11 @@ def discover(
         str | None,
         typer.Option("--speakers", help="Comma-separated speakers to read (default: everyone but the interviewer)."),
     ] = None,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", help="Requests in flight (local models run one at a time).")
-    ] = 4,
-    record: Annotated[
-        Path | None, typer.Option("--record", help="Save every model exchange as JSON in this folder.")
-    ] = None,
-    replay: Annotated[
-        Path | None, typer.Option("--replay", help="Answer only from recordings in this folder (no model is run).")
-    ] = None,
-    cache: Annotated[
-        Path | None,
-        typer.Option("--cache", help="Response cache file (default: responses.sqlite3 in the user cache dir)."),
-    ] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")] = False,
+    concurrency: ConcurrencyOpt = 4,
+    record: RecordOpt = None,
+    replay: ReplayOpt = None,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Find challenges and enablers with no codebook, and draft one: themes with prevalence and quotes.
 
@@ -639,42 +633,17 @@ def discover(
     except QuallmError as exc:
         _fail(str(exc))
         return
-    stop = {"flag": False}
-
-    def on_sigint(_sig: int, _frame: Any) -> None:
-        if stop["flag"]:
-            raise KeyboardInterrupt
-        stop["flag"] = True
-        console.print("[yellow]Stopping after the current transcript (Ctrl-C again to stop now)...[/yellow]")
-
-    old = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        ) as progress:
-            report = run_discovery(
-                transcripts,
-                chat,
-                out,
-                MiniLMEmbedder(),
-                options=options,
-                model_info=info,
-                progress=_RichProgress(progress),
-                should_stop=lambda: stop["flag"],
-            )
-    except KeyboardInterrupt:
-        console.print("[yellow]Interrupted.[/yellow] Finished transcripts are saved; run the same command to resume.")
-        raise typer.Exit(130) from None
-    except QuallmError as exc:
-        _fail(str(exc))
-        return
-    finally:
-        signal.signal(signal.SIGINT, old)
+    with _interruptible() as (progress, stop):
+        report = run_discovery(
+            transcripts,
+            chat,
+            out,
+            MiniLMEmbedder(),
+            options=options,
+            model_info=info,
+            progress=_RichProgress(progress),
+            should_stop=lambda: stop["flag"],
+        )
     for line in report.errors:
         console.print(f"[red]error:[/red] {line}", highlight=False)
     for line in report.incomplete:

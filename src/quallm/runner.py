@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import sys
 import threading
@@ -16,6 +15,7 @@ from quallm import __version__
 from quallm.codebook import Codebook
 from quallm.errors import QuallmError
 from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs
+from quallm.hashing import sha256_file
 from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper
 from quallm.prompting import load_prompt
 from quallm.results import TranscriptResult
@@ -70,13 +70,6 @@ class LimitedModel(ModelWrapper):
         with self._slots:
             return self.inner.complete(request)
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_extraction(
@@ -149,7 +142,7 @@ def run_extraction(
             inputs_info.append({"file": str(p), "error": str(exc)})
             prog.transcript_done(None)
             continue
-        inputs_info.append({"file": str(p), "transcript_id": transcript.id, "sha256": _sha256_file(p)})
+        inputs_info.append({"file": str(p), "transcript_id": transcript.id, "sha256": sha256_file(p)})
         for w in transcript.warnings:
             report.warnings.append(w)
             run.log("warning", transcript_id=transcript.id, message=w)

@@ -8,7 +8,6 @@ one and wraps in ``<mark>``; no HTML is ever spliced into unescaped text.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from quallm.agreement import AgreementReport, Disagreement, PairReport, format_e
 from quallm.codebook import Code, Codebook
 from quallm.codings import Coding
 from quallm.errors import InputError, QuallmError
+from quallm.hashing import sha256_file
 from quallm.results import Summary, SummaryPoint, TranscriptResult
 from quallm.rundir import RunDir, atomic_write_text, now_iso
 from quallm.synthesis import (
@@ -177,13 +177,6 @@ class DisagreementView:
 # --- transcripts and highlighting -----------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _load_transcript(run: RunDir, manifest: dict[str, Any], r: TranscriptResult) -> tuple[Transcript | None, list[str]]:
     """The transcript of ``r`` read again from its source file, and notices about it."""
@@ -199,7 +192,7 @@ def _load_transcript(run: RunDir, manifest: dict[str, Any], r: TranscriptResult)
     except QuallmError as exc:
         return None, [f"The transcript could not be read again ({exc}); the coded quotes are shown instead."]
     notices = []
-    if entry.get("sha256") and entry["sha256"] != _sha256(path):
+    if entry.get("sha256") and entry["sha256"] != sha256_file(path):
         notices.append(f"{path} has changed since the run; codings that no longer match the text are listed below.")
     return t, notices
 
