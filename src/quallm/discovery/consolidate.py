@@ -171,7 +171,7 @@ def _theme(members: Sequence[Candidate], vecs: np.ndarray, group: list[int], max
         if members[i].label.lower() not in {x.lower() for x in labels}:
             labels.append(members[i].label)
     quotes: list[ThemeQuote] = []
-    seen_spans: set[tuple[str, int, int]] = set()
+    taken: list[tuple[str, int, int]] = []
     # First pass: the most central quote of each transcript; second pass: fill up from the rest.
     for first_pass in (True, False):
         got = {q.transcript_id for q in quotes}
@@ -180,10 +180,11 @@ def _theme(members: Sequence[Candidate], vecs: np.ndarray, group: list[int], max
             if first_pass and c.transcript_id in got:
                 continue
             for q in c.quotes[:1] if first_pass else c.quotes:
-                key = (c.transcript_id, q.start, q.end)
-                if key in seen_spans or len(quotes) >= max_quotes:
+                # Members often quote the same passage, a few words longer or shorter: one of them is enough.
+                overlaps = any(t == c.transcript_id and a < q.end and q.start < b for t, a, b in taken)
+                if overlaps or len(quotes) >= max_quotes:
                     continue
-                seen_spans.add(key)
+                taken.append((c.transcript_id, q.start, q.end))
                 quotes.append(ThemeQuote(transcript_id=c.transcript_id, quote=q))
                 got.add(c.transcript_id)
                 break

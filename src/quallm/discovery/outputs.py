@@ -85,7 +85,8 @@ def render_themes_md(themes: Sequence[Theme], info: dict[str, Any]) -> str:
             else "Run with `--repeats N` to see which themes are stable. "
         )
         + f"Themes found in fewer than {min(min_tr, n_tr)} transcripts are listed but left out of "
-        "`codebook.draft.yaml`. Every quote is a verbatim sentence of the transcript, with its character offsets.",
+        "`codebook.draft.yaml`. Every quote is the interviewee's own words, copied from the transcript, "
+        "with its character offsets.",
         "",
     ]
     if info.get("incomplete"):
