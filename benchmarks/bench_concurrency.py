@@ -6,7 +6,7 @@ one transcript of 48 units, and 12 transcripts of 4 units. For each concurrency 
 and the fraction of the ideal, ``sum of latencies / concurrency / wall``.
 
 ``run_extraction`` codes transcripts concurrently and the units of each transcript concurrently, with
-one cap on requests in flight (``runner.LimitedModel``). The last rows run the same 12 transcripts
+one cap on requests in flight (``models.limits.LimitedModel``). The last rows run the same 12 transcripts
 through the standalone prototype that preceded it, for comparison.
 """
 

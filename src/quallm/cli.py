@@ -70,6 +70,10 @@ CacheOpt = Annotated[
     Path | None, typer.Option("--cache", help="Response cache file (default: responses.sqlite3 in the user cache dir).")
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the response cache.")]
+RpmOpt = Annotated[int | None, typer.Option("--rpm", min=1, help="At most this many requests per minute.")]
+TpmOpt = Annotated[
+    int | None, typer.Option("--tpm", min=1, help="At most this many tokens per minute (prompt + max completion).")
+]
 
 
 class _RichProgress(RunProgress):
@@ -153,6 +157,8 @@ def build_model(
     azure_api_version: str | None = None,
     cache: Path | None = None,
     use_cache: bool = False,
+    rpm: int | None = None,
+    tpm: int | None = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """The chat model the options ask for, wrapped for cache and record/replay; manifest facts; the bare backend.
 
@@ -171,6 +177,11 @@ def build_model(
     )
     bare, info = build_chat_model(choice, api_key_env=api_key_env, azure_api_version=azure_api_version)
     chat: Any = bare
+    if rpm or tpm:
+        from quallm.models.limits import RateLimitedModel
+
+        chat = RateLimitedModel(chat, rpm, tpm)  # inside the cache: cached answers never wait
+        info["rate_limits"] = {"requests_per_minute": rpm, "tokens_per_minute": tpm}
     if use_cache:
         chat = CachedModel(chat, ResponseCache(cache))
         info["cache"] = str(chat.cache.path)
@@ -222,6 +233,8 @@ def extract(
     replay: ReplayOpt = None,
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
     batch: Annotated[
         bool, typer.Option("--batch", help="Send the job through the OpenAI Batch API; run again to collect.")
     ] = False,
@@ -243,7 +256,7 @@ def extract(
     try:
         cb = Codebook.load(codebook)
         chat, info, bare = build_model(
-            model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache
+            model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache, rpm, tpm
         )
         local = chat.endpoint.startswith("local:")
         options = ExtractOptions(
@@ -603,6 +616,8 @@ def discover(
     replay: ReplayOpt = None,
     cache: CacheOpt = None,
     no_cache: NoCacheOpt = False,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
 ) -> None:
     """Find challenges and enablers with no codebook, and draft one: themes with prevalence and quotes.
 
@@ -616,7 +631,7 @@ def discover(
         _fail(f"--merge must be embedding or embedding+model, not {merge!r}")
     try:
         chat, info, _ = build_model(
-            model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache
+            model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache, rpm, tpm
         )
         local = chat.endpoint.startswith("local:")
         options = DiscoverOptions(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -16,7 +15,8 @@ from quallm.codebook import Codebook
 from quallm.errors import QuallmError
 from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs
 from quallm.hashing import sha256_file
-from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper
+from quallm.models.base import ChatModel
+from quallm.models.limits import LimitedModel
 from quallm.prompting import load_prompt
 from quallm.results import TranscriptResult
 from quallm.rundir import RunDir, now_iso
@@ -56,19 +56,6 @@ class Progress:
 
     def transcript_done(self, result: TranscriptResult | None, skipped: bool = False) -> None:
         """Called when a transcript is finished, skipped, or failed to load (``result`` None)."""
-
-
-class LimitedModel(ModelWrapper):
-    """At most ``limit`` requests in flight through the wrapped model, across all threads."""
-
-    def __init__(self, inner: ChatModel, limit: int) -> None:
-        super().__init__(inner)
-        self._slots = threading.BoundedSemaphore(max(1, limit))
-
-    def complete(self, request: ChatRequest) -> Completion:
-        """Wait for a free slot, then forward."""
-        with self._slots:
-            return self.inner.complete(request)
 
 
 

@@ -22,9 +22,10 @@ from quallm.discovery.outputs import draft_codebook, draft_yaml, in_codebook, re
 from quallm.embeddings import Embedder
 from quallm.errors import QuallmError
 from quallm.models.base import ChatModel
+from quallm.models.limits import LimitedModel
 from quallm.prompting import load_prompt
 from quallm.rundir import RunDir, atomic_write_text, now_iso
-from quallm.runner import LimitedModel, Progress
+from quallm.runner import Progress
 from quallm.transcripts import expand_paths, load_transcript
 from quallm.transcripts.model import Transcript
 
