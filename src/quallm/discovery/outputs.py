@@ -16,6 +16,10 @@ def in_codebook(theme: Theme, min_transcripts: int, n_transcripts: int) -> bool:
     return theme.prevalence >= min(min_transcripts, max(1, n_transcripts))
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _clip(text: str, limit: int = _EXAMPLE_CHARS) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3].rsplit(" ", 1)[0] + " ..."
@@ -48,9 +52,9 @@ def draft_codebook(themes: Sequence[Theme], *, focus: str, min_transcripts: int,
         name=f"Draft: {focus}" if focus else "Draft codebook (quallm discover)",
         version="draft-1",
         description=(
-            f"Drafted by quallm discover from {n_transcripts} transcripts: {len(codes)} themes found in at least "
-            f"{min(min_transcripts, n_transcripts)} transcripts. Review every code, write 'not when' (exclude) "
-            "notes, merge or split, then run quallm extract with it."
+            f"Drafted by quallm discover from {n_transcripts} transcripts: {_n(len(codes), 'theme')} found in at "
+            f"least {_n(min(min_transcripts, n_transcripts), 'transcript')}. Review every code, write "
+            "'not when' (exclude) notes, merge or split, then run quallm extract with it."
         ),
         codes=tuple(codes),
     )
