@@ -354,3 +354,12 @@ def test_stopped_run_resumes_to_the_same_themes(corpus: Path, tmp_path: Path, em
     strip = lambda p: json.loads(p.read_text())["themes"]  # noqa: E731
     assert strip(tmp_path / "d" / "themes.json") == strip(tmp_path / "whole" / "themes.json")
     assert whole.ok
+
+
+def test_merge_links_become_groups() -> None:
+    from quallm.discovery.merge import groups_from_links
+
+    assert groups_from_links([0, 0, 1, 0, 2], 5) == [[1, 3], [2, 5], [4]]
+    assert groups_from_links([0, 1, 2], 3) == [[1, 2, 3]]  # chains join
+    assert groups_from_links([3, 2, 9, 0], 4) == [[1], [2], [3], [4]]  # later, self and out of range ignored
+    assert groups_from_links([], 2) == [[1], [2]]

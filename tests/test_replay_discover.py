@@ -33,7 +33,10 @@ def embedder() -> MiniLMEmbedder:
 
 def _run(out: Path, embedder: MiniLMEmbedder, merge: bool = False) -> tuple[DiscoveryReport, ReplayModel]:
     model = ReplayModel(RECORDINGS)
-    opts = DiscoverOptions(focus=FOCUS, merge="embedding+model" if merge else "embedding")
+    # As `quallm discover` runs the in-process model: at least two themes per chunk.
+    opts = DiscoverOptions(
+        focus=FOCUS, min_themes_per_chunk=2, merge="embedding+model" if merge else "embedding"
+    )
     return run_discovery([DEMO], model, out, embedder, options=opts), model
 
 

@@ -607,6 +607,15 @@ def discover(
     ] = 2,
     chunk_tokens: Annotated[int, typer.Option("--chunk-tokens", help="Token budget of a chunk.")] = 800,
     max_themes: Annotated[int, typer.Option("--max-themes", min=1, help="Candidate themes per chunk, at most.")] = 4,
+    min_themes: Annotated[
+        int | None,
+        typer.Option(
+            "--min-themes",
+            min=0,
+            help="Candidate themes per chunk, at least (default 2 in process, where the small model otherwise "
+            "stops after one; 0 for remote models).",
+        ),
+    ] = None,
     speakers: Annotated[
         str | None,
         typer.Option("--speakers", help="Comma-separated speakers to read (default: everyone but the interviewer)."),
@@ -642,6 +651,7 @@ def discover(
             min_transcripts=min_transcripts,
             chunk_tokens=chunk_tokens,
             max_themes_per_chunk=max_themes,
+            min_themes_per_chunk=(2 if local else 0) if min_themes is None else min_themes,
             coded_speakers=tuple(s.strip() for s in speakers.split(",") if s.strip()) if speakers else (),
             concurrency=1 if local else max(1, concurrency),
         )

@@ -134,13 +134,13 @@ class DiscoveryAnswer(BaseModel):
 
 
 class MergeAnswer(BaseModel):
-    """The model's grouping of near-duplicate themes, by theme number."""
+    """For each numbered theme, the number of an earlier theme that means the same, or 0."""
 
     model_config = ConfigDict(extra="ignore")
-    groups: list[list[int]] = Field(default_factory=list)
+    same_as: list[int] = Field(default_factory=list)
 
 
-def discovery_schema(max_themes: int) -> dict[str, Any]:
+def discovery_schema(max_themes: int, min_themes: int = 0) -> dict[str, Any]:
     """Schema of a discovery answer: themes, each a quote, a topic (the label), a description, then its kind.
 
     The kind comes last so that the model decides it after describing the theme (evidence, then
@@ -157,10 +157,18 @@ def discovery_schema(max_themes: int) -> dict[str, Any]:
             "kind": {"type": "string", "enum": ["challenge", "enabler"]},
         }
     )
-    return _obj({"themes": {"type": "array", "items": item, "maxItems": max(1, max_themes)}})
+    themes: dict[str, Any] = {"type": "array", "items": item, "maxItems": max(1, max_themes)}
+    if min_themes:
+        themes["minItems"] = min(min_themes, max_themes)
+    return _obj({"themes": themes})
 
 
 def merge_schema(n_themes: int) -> dict[str, Any]:
-    """Schema of a merge answer: groups of theme numbers."""
-    group = {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": max(1, n_themes)}, "minItems": 1}
-    return _obj({"groups": {"type": "array", "items": group, "maxItems": max(1, n_themes)}})
+    """Schema of a merge answer: exactly one number per theme (0, or an earlier theme's number).
+
+    A fixed-length list rather than free groups: asked for groups, the 1.5B model repeated numbers
+    until it was cut off; the grammar cannot let a fixed-length list run on.
+    """
+    n = max(1, n_themes)
+    number = {"type": "integer", "minimum": 0, "maximum": n}
+    return _obj({"same_as": {"type": "array", "items": number, "minItems": n, "maxItems": n}})

@@ -63,8 +63,8 @@ def candidate_fingerprint(transcript: Transcript, model: ChatModel, options: Dis
             "prompt": load_prompt("discover_chunk").hash,
             "options": options.model_dump(
                 mode="json",
-                include={"focus", "chunk_tokens", "context_tokens", "max_themes_per_chunk", "max_tokens"}
-                | {"coded_speakers", "max_reasks"},
+                include={"focus", "chunk_tokens", "context_tokens", "max_themes_per_chunk", "min_themes_per_chunk"}
+                | {"max_tokens", "coded_speakers", "max_reasks"},
             ),
             "temperature": options.temperature_for(repeat),
             "seed": options.seed_for(repeat),
