@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,3 +163,32 @@ def test_long_string_limits_give_grammars_llama_cpp_accepts(model: LocalLlamaMod
             "required": ["t"],
         }
         assert model._grammar_parses(schema_to_gbnf(schema)), limit
+
+
+def test_discover_with_the_real_small_model(model: LocalLlamaModel, tmp_path: Path) -> None:
+    # The discovery and merge grammars (minItems, maxItems, a fixed-length list) on the real backend.
+    from quallm.discovery import DiscoverOptions, run_discovery
+    from quallm.embeddings import MiniLMEmbedder
+    from quallm.transcripts import load_transcript
+
+    demo = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
+    text = (demo / "la02_eastbury.txt").read_text(encoding="utf-8")
+    short = tmp_path / "la02_short.txt"
+    short.write_text("\n\n".join(text.split("\n\n")[:6]) + "\n", encoding="utf-8")
+    opts = DiscoverOptions(
+        focus="Safely reducing the need for children to enter care",
+        min_themes_per_chunk=2,
+        max_themes_per_chunk=3,
+        merge="embedding+model",
+        min_transcripts=1,
+    )
+    report = run_discovery([short], model, tmp_path / "disc", MiniLMEmbedder(), options=opts)
+    assert report.ok, report.incomplete
+    saved = json.loads((tmp_path / "disc" / "candidates" / "la02_short.r1.json").read_text())
+    assert len(saved["candidates"]) + len(saved["ungrounded"]) + saved["unnamed"] >= 2  # the grammar's minimum
+    t = load_transcript(short)
+    for theme in report.themes:
+        for q in theme.quotes:
+            assert t.text[q.quote.start : q.quote.end] == q.quote.text
+    if len(report.themes) > 1:
+        assert not any("model merge failed" in n for n in report.notes), report.notes
