@@ -363,3 +363,29 @@ def test_merge_links_become_groups() -> None:
     assert groups_from_links([0, 1, 2], 3) == [[1, 2, 3]]  # chains join
     assert groups_from_links([3, 2, 9, 0], 4) == [[1], [2], [3], [4]]  # later, self and out of range ignored
     assert groups_from_links([], 2) == [[1], [2]]
+
+
+def test_themes_sharing_a_label_get_distinct_names(embedder: MiniLMEmbedder) -> None:
+    def cand(label: str, desc: str, tid: str) -> Candidate:
+        return Candidate(
+            transcript_id=tid,
+            repeat=0,
+            chunk=0,
+            kind="challenge",
+            label=label,
+            description=desc,
+            quotes=(Quote(start=0, end=1, text="x"),),
+        )
+
+    themes = consolidate(
+        [
+            cand("Placement sufficiency", "Too few foster carers for the children who need them.", "a"),
+            cand("Placement sufficiency", "Too few foster carers and children's homes nearby.", "b"),
+            cand("Placement sufficiency", "The council overspent its budget by four million pounds.", "c"),
+        ],
+        embedder,
+        similarity=0.6,
+    )
+    labels = sorted(t.label for t in themes)
+    assert len(themes) == 2 and labels == ["Placement sufficiency", "Placement sufficiency (2)"]
+    assert next(t for t in themes if t.label == "Placement sufficiency").members == 2

@@ -108,7 +108,7 @@ def consolidate(
     groups = cluster(vecs, similarity)
     if group_with_model is not None and len(groups) > 1:
         groups = _merge_groups(groups, candidates, vecs, group_with_model, similarity - model_merge_margin)
-    built = [_theme(candidates, vecs, g, max_quotes) for g in groups]
+    built = _distinct_labels([_theme(candidates, vecs, g, max_quotes) for g in groups])
     themes: list[Theme] = []
     used: set[str] = set()
     for kind, prefix in (("challenge", "C"), ("enabler", "E")):
@@ -118,6 +118,26 @@ def consolidate(
         for n, theme in enumerate(of_kind, start=1):
             themes.append(theme.model_copy(update={"id": _slug(theme.label, used, f"{prefix}{n:02d}")}))
     return themes
+
+
+def _distinct_labels(themes: list[Theme]) -> list[Theme]:
+    """Give themes that share a label (a small model reuses one for unlike passages) distinct names.
+
+    The larger theme keeps the label; another takes the first of its members' wordings not yet in use,
+    or a number when it has none.
+    """
+    used: set[str] = set()
+    out: list[Theme] = []
+    for t in sorted(themes, key=lambda t: (-t.members, -t.prevalence)):
+        label = t.label
+        if label.lower() in used:
+            label = next((w for w in t.labels if w.lower() not in used), "")
+            n = 2
+            while not label or label.lower() in used:
+                label, n = f"{t.label} ({n})", n + 1
+        used.add(label.lower())
+        out.append(t if label == t.label else t.model_copy(update={"label": label}))
+    return out
 
 
 def _medoid(vecs: np.ndarray) -> int:
