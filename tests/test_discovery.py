@@ -389,3 +389,24 @@ def test_themes_sharing_a_label_get_distinct_names(embedder: MiniLMEmbedder) -> 
     labels = sorted(t.label for t in themes)
     assert len(themes) == 2 and labels == ["Placement sufficiency", "Placement sufficiency (2)"]
     assert next(t for t in themes if t.label == "Placement sufficiency").members == 2
+
+
+def test_cli_min_themes_reaches_the_schema(corpus: Path, tmp_path: Path) -> None:
+    def responder(body: dict[str, Any]) -> str:
+        req = ChatRequest.model_validate(
+            {"model": "m", "endpoint": "e", "messages": body["messages"], "seed": body.get("seed")}
+        )
+        return theme_answer(req)
+
+    def themes_schema(body: dict[str, Any]) -> dict[str, Any]:
+        schema: dict[str, Any] = body["response_format"]["json_schema"]["schema"]
+        return schema["properties"]["themes"]  # type: ignore[no-any-return]
+
+    with OpenAITestServer(responder) as srv:
+        base = ["discover", str(corpus), "-m", "test-model", "--base-url", srv.base_url, "--no-cache"]
+        r = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "a")])
+        assert r.exit_code == 0, r.output
+        assert "minItems" not in themes_schema(srv.chat_requests[0])  # remote default: no minimum
+        r = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "b"), "--min-themes", "1"])
+        assert r.exit_code == 0, r.output
+        assert themes_schema(srv.chat_requests[-1])["minItems"] == 1

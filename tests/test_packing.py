@@ -172,3 +172,22 @@ def test_resume_after_a_partly_saved_pack_sends_nothing_again(tmp_path: Path, ti
         assert len(srv.chat_requests) == 4  # the same pack, answered from the cache
     assert (tmp_path / "run" / "codings.csv").read_text() == codings
     cache.close()
+
+
+def test_cli_remote_default_packs_and_no_pack_does_not(tmp_path: Path, tiny_codebook_yaml: Path) -> None:
+    from typer.testing import CliRunner
+
+    from quallm.cli import app
+
+    def responder(body: dict[str, Any]) -> str:
+        return keyword_answer(body["messages"])
+
+    base = ["extract", str(DEMO), "-c", str(tiny_codebook_yaml), "-m", "test-model", "--no-summary", "--no-cache"]
+    with OpenAITestServer(responder) as srv:
+        r = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "a"), "--base-url", srv.base_url])
+        assert r.exit_code == 0, r.output
+        assert len(srv.chat_requests) == 1  # 12,000 transcript tokens per request: the five interviews in one
+        assert "=== Interview 5 of 5" in srv.chat_requests[0]["messages"][1]["content"]
+        r = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "b"), "--base-url", srv.base_url, "--no-pack"])
+        assert r.exit_code == 0, r.output
+        assert len(srv.chat_requests) == 1 + 5
