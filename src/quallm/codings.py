@@ -29,3 +29,10 @@ class Coding(BaseModel):
     alignment: Alignment = "human"
     rationale: str | None = None
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    probability: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="the model's own token probability that the code applies (never a self-reported number); "
+        "None where the backend gives none",
+    )

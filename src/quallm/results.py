@@ -92,6 +92,10 @@ class TranscriptResult(BaseModel):
     n_coded_units: int
     strategy: str
     codings: list[Coding] = Field(default_factory=list)
+    candidates: list[Coding] = Field(
+        default_factory=list,
+        description="proposals below the probability threshold: not reported as codings, kept for review",
+    )
     summary: Summary | None = None
     ungrounded: list[Ungrounded] = Field(default_factory=list)
     failures: list[Failure] = Field(default_factory=list)
