@@ -59,6 +59,22 @@ def test_label_styles(tmp_path: Path, body: str, speakers: list[str], interviewe
     assert {x.speaker for x in t.turns if x.is_interviewer} == {interviewer}
 
 
+def test_name_with_role_in_brackets(tmp_path: Path) -> None:
+    # dev-la's la_e style: the role, not who asks questions, decides the interviewer; the name is the speaker.
+    body = (
+        "Claire (interviewer): Thanks. What changed?\n\nMartin: Early help, first. Has it worked? Yes.\n\n"
+        "Priya: And the drug service? It helps.\n\nClaire (interviewer): Has that needed money?\n\n"
+        "Martin: Yes.\n\nPriya: Agreed.\n\nSam (Respondent): One more point.\n"
+    )
+    p = tmp_path / "t.txt"
+    p.write_text(body, encoding="utf-8")
+    t = load_transcript(p)
+    _check_offsets(t)
+    assert [x.speaker for x in t.turns] == ["Claire", "Martin", "Priya", "Claire", "Martin", "Priya", "Sam"]
+    assert {x.speaker for x in t.turns if x.is_interviewer} == {"Claire"}
+    assert t.turns[0].text == "Thanks. What changed?"
+
+
 def test_timestamps_kept(tmp_path: Path) -> None:
     p = tmp_path / "t.txt"
     p.write_text("[00:12:31] INT: Who?\n[00:12:40] P1: Me.\n", encoding="utf-8")

@@ -1,7 +1,9 @@
 """Plain text and markdown transcripts with speaker labels.
 
 Recognised: ``Interviewer:`` / ``Respondent:``, short codes (``INT:``, ``P3:``, ``R1:``), ``Q:`` / ``A:``,
-personal names (``Helen Wright:``), optional timestamps before the label (``[00:12:31]``, ``00:12:31``),
+personal names (``Helen Wright:``), names with a role in brackets (``Claire (interviewer):``,
+``Martin (Respondent):``; the role decides who the interviewer is, the name is the speaker),
+optional timestamps before the label (``[00:12:31]``, ``00:12:31``),
 markdown bold labels (``**Interviewer:**``) and Otter-style label lines (``Helen Wright  0:03``) with
 the words on the next line. A turn runs until the next label, over any number of paragraphs. The
 canonical text is the file's own text, so offsets point into what the researcher sees.
@@ -13,13 +15,19 @@ import re
 from dataclasses import dataclass
 
 from quallm.transcripts.model import Transcript, Turn
-from quallm.transcripts.speakers import INTERVIEWER_LABELS, RESPONDENT_LABELS, guess_interviewers
+from quallm.transcripts.speakers import (
+    INTERVIEWER_LABELS,
+    RESPONDENT_LABELS,
+    guess_interviewers,
+    is_interviewer_label,
+)
 
 _TS = r"(?:\d{1,2}:)?\d{1,2}:\d{2}(?:[.,]\d{1,3})?"
 _NAME = r"[A-Z0-9][\w.'’\-]*(?:\s(?:[A-Z0-9][\w.'’\-]*|de|van|von|der|da|al|bin|le|la)){0,4}"
 _LABEL_LINE = re.compile(
     rf"^[ \t]*(?:[\[(]?(?P<ts>{_TS})[\])]?[ \t]*(?:[-–—][ \t]*)?)?"
-    rf"(?:\*\*|__)?(?P<label>{_NAME})(?:\*\*|__)?[ \t]*:(?:\*\*|__)?(?:[ \t]+|$)"
+    rf"(?:\*\*|__)?(?P<label>{_NAME})(?:[ \t]*\((?P<role>[A-Za-z][\w .'’\-]{{0,30}})\))?"
+    rf"(?:\*\*|__)?[ \t]*:(?:\*\*|__)?(?:[ \t]+|$)"
 )
 _OTTER_LINE = re.compile(rf"^[ \t]*(?P<label>{_NAME})[ \t]{{1,}}(?P<ts>{_TS})[ \t]*$")
 _KNOWN = re.compile(
@@ -36,6 +44,7 @@ class _Mark:
     line_start: int
     content_start: int
     timestamp: str | None
+    role: str | None = None
 
 
 def _is_known(label: str) -> bool:
@@ -50,7 +59,8 @@ def _find_marks(text: str) -> list[_Mark]:
     for i, line in enumerate(lines):
         m = _LABEL_LINE.match(line)
         if m and m.group("label").casefold().rstrip(".") not in _NOT_LABELS:
-            candidates.append(_Mark(m.group("label").strip(), pos, pos + m.end(), m.group("ts")))
+            role = (m.group("role") or "").strip() or None
+            candidates.append(_Mark(m.group("label").strip(), pos, pos + m.end(), m.group("ts"), role))
         else:
             o = _OTTER_LINE.match(line)
             if o and i + 1 < len(lines):
@@ -61,7 +71,7 @@ def _find_marks(text: str) -> list[_Mark]:
         counts[c.label] = counts.get(c.label, 0) + 1
     # A name counts as a speaker label only if it labels two or more lines, so "Note: ..." or a
     # one-off "Tuesday: ..." inside an answer is not mistaken for a new speaker.
-    return [c for c in candidates if _is_known(c.label) or counts[c.label] >= 2]
+    return [c for c in candidates if _is_known(c.label) or (c.role and _is_known(c.role)) or counts[c.label] >= 2]
 
 
 def _paragraph_turns(text: str) -> list[tuple[str, int, int, str | None]]:
@@ -87,7 +97,9 @@ def parse_labelled_text(text: str, *, transcript_id: str, source: str, fmt: str,
             end = start + len(body.strip())
             if end > start:
                 spans.append((mk.label, start, end, mk.timestamp))
-    interviewers = guess_interviewers([(s, text[a:b]) for s, a, b, _ in spans])
+    roles = {mk.label: mk.role for mk in marks if mk.role}
+    by_role = frozenset(label for label, role in roles.items() if is_interviewer_label(role))
+    interviewers = by_role or guess_interviewers([(s, text[a:b]) for s, a, b, _ in spans])
     turns = tuple(
         Turn(
             index=i,
