@@ -1,92 +1,200 @@
-"""Agreement of the local model's coding with the demo fixtures' human coding, and its speed.
+"""Turn-level agreement of quallm's coding with a set's human coding, its confidence and its speed.
 
-Runs the per-unit strategy over the demo transcripts and prints, per code and pooled, turn-level
-Cohen's kappa, precision and recall against each human coder (and human vs human for the ceiling),
-the share of codings grounded, and seconds per 1,000 transcript tokens.
+A *set* is a folder with ``codebook.yaml``, a human coding file (``human_coding.csv`` or
+``gold_coding.csv``), ``metadata.csv`` (optional) and the transcripts (in ``transcripts/`` or the folder
+itself). Runs extraction with the library's own pipeline and prints pooled turn-level Cohen's kappa with
+its bootstrap CI, precision and recall against the reference coder, per-code figures, the human ceiling
+where the set has two human coders, seconds per 1,000 transcript tokens, the AUC of the coding
+probability between right and wrong proposals, a threshold sweep, and (with ``--summary``) the share of
+summary points with model prose and the share of prose sentences closest (MiniLM) to their own code.
 
-    python benchmarks/bench_local_quality.py --model local          # the 1.5B default
-    python benchmarks/bench_local_quality.py --model local:small    # the 0.5B model
+    python benchmarks/bench_local_quality.py fixtures/demo                     # the 1.5B default
+    python benchmarks/bench_local_quality.py ../shared/eval/dev-la --summary
+    python benchmarks/bench_local_quality.py fixtures/demo --max-codes 2 --no-verify   # the old pipeline
+
+Answers come from the response cache when present (``--no-cache`` to time cold): a second run with
+another ``--min-confidence`` makes no model call. ``--dump FILE`` writes every proposal with its
+probability and whether the reference coder has that code on that turn.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 from quallm.agreement import read_human_csv, reconcile
 from quallm.codebook import Codebook
+from quallm.codings import Coding
 from quallm.extract import ExtractOptions, Extractor
 from quallm.models.factory import build_chat_model
 from quallm.models.resolve import resolve_model
+from quallm.results import TranscriptResult
 from quallm.transcripts import expand_paths, load_metadata, load_transcript
+from quallm.transcripts.model import Transcript
 
-DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
+
+def _set_files(root: Path) -> tuple[Path, Path, Path | None, list[Path]]:
+    human = next((root / n for n in ("human_coding.csv", "gold_coding.csv") if (root / n).is_file()), None)
+    if human is None:
+        raise SystemExit(f"{root}: no human_coding.csv or gold_coding.csv")
+    meta = root / "metadata.csv"
+    folder = root / "transcripts" if (root / "transcripts").is_dir() else root
+    paths = [p for p in expand_paths([folder]) if p.suffix != ".json" and p.suffix != ".csv"]
+    return root / "codebook.yaml", human, meta if meta.is_file() else None, paths
+
+
+def auc(scores_right: list[float], scores_wrong: list[float]) -> float | None:
+    """Probability that a right proposal outscores a wrong one (ties count half); None if a side is empty."""
+    if not scores_right or not scores_wrong:
+        return None
+    wins = sum((r > w) + 0.5 * (r == w) for r in scores_right for w in scores_wrong)
+    return wins / (len(scores_right) * len(scores_wrong))
+
+
+def _f(x: float | None) -> str:
+    return "undef" if x is None else f"{x:.2f}"
+
+
+def _score(
+    transcripts: list[Transcript], machine: list[Coding], human: list[Coding], codes: list[str], coder: str,
+    reference: str, n_boot: int,
+) -> Any:
+    ids = {t.id for t in transcripts}
+    humans = sorted({c.coder for c in human})
+    coverage = {coder: ids, **{h: ids for h in humans}}
+    return reconcile(
+        transcripts, machine + human, codes, unit="turn", n_boot=n_boot, machine_coders=[coder],
+        coverage=coverage, reference=reference,
+    )
+
+
+def _prose_shares(results: list[TranscriptResult], codebook: Codebook) -> tuple[float, float, int, int]:
+    """(share of points with model prose, share of prose sentences closest to their own code, points, sentences)."""
+    from quallm.embeddings import MiniLMEmbedder
+
+    points = [p for r in results if r.summary for p in (*r.summary.challenges, *r.summary.enablers)]
+    prose = [p for p in points if p.summary and not p.summary.startswith("(")]
+    sentences = [(p.code_id, s) for p in prose for s in re.split(r"(?<=[.!?])\s+", p.summary.strip()) if s.strip()]
+    if not sentences:
+        return len(prose) / max(1, len(points)), 0.0, len(points), 0
+    emb = MiniLMEmbedder()
+    defs = emb.embed([f"{c.label}: {c.definition}" for c in codebook.codes])
+    sent = emb.embed([s for _, s in sentences])
+    sims = sent @ defs.T
+    ids = list(codebook.ids)
+    own = sum(ids[int(row.argmax())] == cid for row, (cid, _) in zip(sims, sentences, strict=True))
+    return len(prose) / max(1, len(points)), own / len(sentences), len(points), len(sentences)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("set", type=Path, help="the evaluation set's folder")
     ap.add_argument("--model", default="local")
     ap.add_argument("--model-path", default=None)
     ap.add_argument("--strategy", default="turn", choices=["turn", "chunk"])
+    ap.add_argument("--max-codes", type=int, default=None, help="codes an answer may get (default: the library's)")
+    ap.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                    help="yes/no verification of each proposal (default: the library's)")
+    ap.add_argument("--min-confidence", type=float, default=None, help="probability threshold (default: library's)")
+    ap.add_argument("--summary", action="store_true", help="also write summaries and score their prose")
     ap.add_argument("--limit", type=int, default=0, help="only the first N transcripts")
+    ap.add_argument("--no-cache", action="store_true", help="answer every request afresh (to time it)")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--replay", type=Path, default=None, help="answer from these recordings (no model)")
+    ap.add_argument("--dump", type=Path, default=None, help="write every proposal as JSON here")
     args = ap.parse_args()
 
+    codebook_path, human_path, meta_path, paths = _set_files(args.set)
     choice = resolve_model(args.model, model_path=args.model_path)
-    model, info = build_chat_model(choice)
-    codebook = Codebook.load(DEMO / "codebook.yaml")
-    meta = load_metadata(DEMO / "metadata.csv")
-    paths = [p for p in expand_paths([DEMO]) if p.suffix != ".json"]
+    model: Any
+    if args.replay:
+        from quallm.recording import ReplayModel
+
+        model, info = ReplayModel(args.replay), {"file": f"replay of {args.replay}"}
+    else:
+        model, info = build_chat_model(choice)
+    if not args.no_cache and not args.replay:
+        from quallm.cache import CachedModel, ResponseCache
+
+        model = CachedModel(model, ResponseCache())
+    codebook = Codebook.load(codebook_path)
+    meta = load_metadata(meta_path) if meta_path else {}
     transcripts = [load_transcript(p, meta.get(p.stem)) for p in paths]
     if args.limit:
         transcripts = transcripts[: args.limit]
-    extractor = Extractor(model, codebook, ExtractOptions(strategy=args.strategy, summary=False))
+    fields = ExtractOptions.model_fields
+    opts: dict[str, Any] = {"strategy": args.strategy, "summary": args.summary}
+    if args.max_codes is not None:
+        opts["max_codes_per_unit"] = args.max_codes
+    if args.verify is not None and "verify" in fields:
+        opts["verify"] = args.verify
+    if args.min_confidence is not None and "min_confidence" in fields:
+        opts["min_confidence"] = args.min_confidence
+    options = ExtractOptions(**opts)
+    extractor = Extractor(model, codebook, options)
 
     t0 = time.perf_counter()
-    machine, ungrounded, failures, calls = [], 0, 0, 0
-    for t in transcripts:
-        r = extractor.extract(t)
-        machine.extend(r.codings)
-        ungrounded += len(r.ungrounded)
-        failures += len(r.failures)
-        calls += r.calls
+    results = [extractor.extract(t) for t in transcripts]
     seconds = time.perf_counter() - t0
     tokens = sum(model.count_tokens(t.text) for t in transcripts)
+    machine = [c for r in results for c in r.codings]
+    proposals = machine + [c for r in results for c in getattr(r, "candidates", [])]
 
-    human, problems = read_human_csv(DEMO / "human_coding.csv", transcripts, codebook.ids)
-    assert not problems, problems
-    ids = {t.id for t in transcripts}
-    human = [c for c in human if c.transcript_id in ids]
-    report = reconcile(
-        transcripts,
-        machine + human,
-        codebook.ids,
-        unit="turn",
-        n_boot=0,
-        machine_coders=[extractor.coder],
-        coverage={extractor.coder: ids, "coder_a": ids, "coder_b": ids},
-    )
+    human, problems = read_human_csv(human_path, transcripts, codebook.ids)
+    if problems:
+        print("human coding problems:", *problems, sep="\n  ")
+    humans = sorted({c.coder for c in human})
+    reference = "coder_a" if "coder_a" in humans else humans[0]
+    codes = list(codebook.ids)
+    report = _score(transcripts, machine, human, codes, extractor.coder, reference, args.bootstrap)
 
-    def f(x: float | None) -> str:
-        return "undef" if x is None else f"{x:.2f}"
+    gold = {(c.transcript_id, c.turn_index, c.code_id) for c in human if c.coder == reference}
+    right = [(c, (c.transcript_id, c.turn_index, c.code_id) in gold) for c in proposals]
+    probs = [(c.probability, ok) for c, ok in right if c.probability is not None]
+    a = auc([p for p, ok in probs if ok], [p for p, ok in probs if not ok])
 
-    print(f"model: {info.get('file') or choice.model}  strategy: {extractor.strategy}  transcripts: {len(transcripts)}")
+    print(f"set: {args.set}  model: {info.get('file') or choice.model}  strategy: {extractor.strategy}")
+    print(f"options: {options.model_dump(exclude={'concurrency'})}")
+    print(f"transcripts: {len(transcripts)}  respondent turns coded: {sum(r.n_coded_units for r in results)}")
     print(
-        f"codings: {len(machine)}  ungrounded dropped: {ungrounded}  grounded share: "
-        f"{len(machine) / max(1, len(machine) + ungrounded):.2f}  failed units: {failures}  calls: {calls}"
+        f"codings reported: {len(machine)}  proposals (with candidates): {len(proposals)}  "
+        f"failed units: {sum(len(r.failures) for r in results)}  calls: {sum(r.calls for r in results)}  "
+        f"completion tokens: {sum(r.usage.completion_tokens for r in results)}"
     )
-    print(
-        f"time: {seconds:.1f} s for {tokens} transcript tokens = "
-        f"{1000 * seconds / max(1, tokens):.1f} s per 1,000 tokens"
-    )
+    print(f"time: {seconds:.1f} s for {tokens} transcript tokens = {1000 * seconds / max(1, tokens):.1f} s per 1,000"
+          + (" (answers from the cache count as free: use --no-cache to time)" if not args.no_cache else ""))
+    print(f"probability AUC (right vs wrong proposals): {_f(a)}  "
+          f"({sum(ok for _, ok in probs)} right, {sum(not ok for _, ok in probs)} wrong with a probability)")
     for p in report.pairs:
         print(f"\n{p.pair} ({p.kind}), {p.n_units} turns")
-        print(f"  {'code':22} {'kappa':>6} {'P':>6} {'R':>6} {'F1':>6}  (a = reference)")
+        print(f"  {'code':24} {'kappa':>6} {'CI':>13} {'P':>6} {'R':>6} {'F1':>6} {'n_ref':>5}")
         for s in (p.micro, p.macro, *p.codes):
-            print(
-                f"  {s.code:22} {f(s.kappa.value):>6} {f(s.precision.value):>6} {f(s.recall.value):>6} "
-                f"{f(s.f1.value):>6}"
-            )
+            ci = f"[{_f(s.kappa.ci_low)},{_f(s.kappa.ci_high)}]"
+            print(f"  {s.code:24} {_f(s.kappa.value):>6} {ci:>13} {_f(s.precision.value):>6} "
+                  f"{_f(s.recall.value):>6} {_f(s.f1.value):>6} {s.marked_a if s.marked_a is not None else '':>5}")
+
+    if probs:
+        print("\nthreshold sweep (pooled, machine vs reference):  threshold kappa P R codings")
+        for th in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+            kept = [c for c in proposals if c.probability is None or c.probability >= th]
+            rep = _score(transcripts, kept, human, codes, extractor.coder, reference, 0)
+            pair = next(x for x in rep.pairs if extractor.coder in (x.coder_a, x.coder_b) and reference in
+                        (x.coder_a, x.coder_b))
+            m = pair.micro
+            print(f"  {th:.1f} {_f(m.kappa.value)} {_f(m.precision.value)} {_f(m.recall.value)} {len(kept)}")
+
+    if args.summary:
+        share, own, n_points, n_sent = _prose_shares(results, codebook)
+        print(f"\nsummaries: {share:.2f} of {n_points} points carry model prose; "
+              f"{own:.2f} of {n_sent} prose sentences are closest to their own code's definition")
+    if args.dump:
+        args.dump.write_text(json.dumps([
+            {**c.model_dump(mode="json"), "right": ok, "reported": c in machine} for c, ok in right
+        ], indent=1))
 
 
 if __name__ == "__main__":
