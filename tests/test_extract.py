@@ -61,10 +61,11 @@ def test_turn_strategy_prefix_is_identical_and_interviewer_never_coded(
         model,
         ExtractOptions(strategy="turn", summary=False),
     )
-    systems = {r.messages[0].content for r in model.requests}
-    assert len(model.requests) == 3 and len(systems) == 1  # one call per answer, one shared prefix
+    systems = {r.messages[0].content for r in model.requests}  # the yes/no checks share it too
+    coding = [r for r in model.requests if not r.choices]
+    assert len(coding) == 3 and len(systems) == 1  # one call per answer, one shared prefix
     assert all("director of children's services" not in r.messages[0].content for r in model.requests)
-    assert "What gets in the way?" in model.requests[1].messages[1].content  # preceding question as context
+    assert "What gets in the way?" in coding[1].messages[1].content  # preceding question as context
 
 
 def test_auto_strategy_is_turn_for_local_and_chunk_otherwise(tiny_codebook_yaml: Path) -> None:
@@ -188,3 +189,29 @@ def test_truncation_after_the_split_is_reported(tmp_path: Path, tiny_codebook_ya
     )
     assert [f.error_type for f in result.failures] == ["TruncatedOutputError"]
     assert result.failures[0].raw == '{"codings": ['
+
+
+def test_verification_probability_splits_codings_from_candidates(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
+    # The scorer stands in for the backend's token probabilities: money checks say 0.2, help 0.8.
+    def scorer(r: ChatRequest) -> dict[str, float]:
+        code_line = r.messages[1].content.split("Check one code only:\n", 1)[1].splitlines()[0]
+        p = 0.2 if code_line.startswith("C_money") else 0.8
+        return {"yes": p, "no": 1 - p}
+
+    model = keyword_model(scorer=scorer)
+    t = load_transcript(sample_txt)
+    result = extract(t, Codebook.load(tiny_codebook_yaml), model, ExtractOptions(strategy="turn", summary=False))
+    assert [(c.code_id, c.probability) for c in result.codings] == [("E_help", 0.8)]
+    assert [(c.code_id, c.probability) for c in result.candidates] == [("C_money", 0.2)]
+    checks = [r for r in model.requests if r.choices]
+    assert len(checks) == 2 and all(r.choices == ("yes", "no") and r.max_tokens == 1 for r in checks)
+    # The check repeats the coding request's messages as its prefix (llama.cpp reuses their KV cache).
+    coding = [r for r in model.requests if not r.choices]
+    assert all(any(ch.messages[1].content.startswith(c.messages[1].content.rstrip()) for c in coding) for ch in checks)
+    # Lower the threshold and both are reported; a backend with no probabilities reports both, unscored.
+    low = extract(t, Codebook.load(tiny_codebook_yaml), keyword_model(scorer=scorer),
+                  ExtractOptions(strategy="turn", summary=False, min_confidence=0.1))  # fmt: skip
+    assert sorted(c.code_id for c in low.codings) == ["C_money", "E_help"] and not low.candidates
+    cb = Codebook.load(tiny_codebook_yaml)
+    plain = extract(t, cb, keyword_model(), ExtractOptions(strategy="turn", summary=False))
+    assert len(plain.codings) == 2 and all(c.probability is None for c in plain.codings)

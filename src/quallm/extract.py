@@ -30,7 +30,7 @@ from quallm.codings import Coding
 from quallm.errors import ModelError, TruncatedOutputError
 from quallm.grounding import align_quote
 from quallm.models.base import ChatModel, ChatRequest, Usage
-from quallm.prompting import PromptTemplate, load_prompt, render_codebook
+from quallm.prompting import PromptTemplate, load_prompt, render_code, render_codebook
 from quallm.reask import ask
 from quallm.results import Failure, TranscriptResult, Ungrounded
 from quallm.schemas import ChunkAnswer, ChunkCoding, TurnAnswer, chunk_schema, turn_schema
@@ -60,6 +60,11 @@ class ExtractOptions(BaseModel):
     context_tokens: int = 200
     unit_tokens: int = 1200
     max_codes_per_unit: int = 2
+    # Each proposed coding is checked by a yes/no question with the code's definition and notes; the
+    # probability of "yes" (the model's own token probability) becomes Coding.probability, and codings
+    # below min_confidence are kept as candidates instead of reported. See README "Evaluation".
+    verify: bool = True
+    min_confidence: float = 0.5
     max_codings_per_chunk: int = 40
     max_reasks: int = 2
     temperature: float = 0.0
@@ -79,7 +84,7 @@ def resolve_strategy(options: ExtractOptions, model: ChatModel) -> Literal["turn
 
 def fingerprint(transcript: Transcript, codebook: Codebook, model: ChatModel, options: ExtractOptions) -> str:
     """Hash of everything that determines a transcript's result (used to skip finished work)."""
-    prompts = {n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary")}
+    prompts = {n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary", "verify_turn")}
     blob = json.dumps(
         {
             "text": hashlib.sha256(transcript.text.encode()).hexdigest(),
@@ -98,6 +103,7 @@ def fingerprint(transcript: Transcript, codebook: Codebook, model: ChatModel, op
 @dataclass
 class _Tally:
     codings: list[Coding] = field(default_factory=list)
+    candidates: list[Coding] = field(default_factory=list)
     ungrounded: list[Ungrounded] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     calls: int = 0
@@ -118,6 +124,7 @@ class _UnitOutcome:
     ungrounded: list[Ungrounded]
     usage: Usage
     attempts: int
+    candidates: list[Coding] = field(default_factory=list)
 
 
 def _preceding_question(transcript: Transcript, turn_index: int, max_words: int = 80) -> str:
@@ -142,6 +149,8 @@ class Extractor:
         self.strategy = resolve_strategy(self.options, model)
         self.tokenizer = CallableTokenizer(model.count_tokens)
         self._turn_prompt = load_prompt("code_turn")
+        self._verify_prompt = load_prompt("verify_turn")
+        self._no_probabilities = False
         self._chunk_prompt = load_prompt("code_chunk")
         self._codebook_text = render_codebook(codebook)
         self.coder = _coder_name(model)
@@ -154,22 +163,77 @@ class Extractor:
             self.model, schema, name, temperature=o.temperature, max_tokens=o.max_tokens, seed=o.seed, **values
         )
 
-    def turn_request(self, transcript: Transcript, seg: Segment) -> ChatRequest:
-        """The per-unit request for one coded segment, its sentences numbered."""
+    def _turn_values(self, transcript: Transcript, seg: Segment) -> dict[str, str]:
         sentences = sentence_spans(seg.text, seg.start)
         numbered = "\n".join(f"[{n}] {transcript.text[a:b]}" for n, (a, b) in enumerate(sentences, start=1))
-        schema = turn_schema(self.codebook.ids, self.options.max_codes_per_unit, len(sentences))
-        return self._request(
-            self._turn_prompt,
-            schema,
-            "turn_codes",
-            codebook_name=self.codebook.name,
-            codebook=self._codebook_text,
-            max_codes=str(self.options.max_codes_per_unit),
-            question=_preceding_question(transcript, seg.turn_index),
-            speaker=seg.speaker,
-            answer=numbered,
+        return {
+            "codebook_name": self.codebook.name,
+            "codebook": self._codebook_text,
+            "max_codes": str(self.options.max_codes_per_unit),
+            "question": _preceding_question(transcript, seg.turn_index),
+            "speaker": seg.speaker,
+            "answer": numbered,
+        }
+
+    def turn_request(self, transcript: Transcript, seg: Segment) -> ChatRequest:
+        """The per-unit request for one coded segment, its sentences numbered."""
+        n_sentences = len(sentence_spans(seg.text, seg.start))
+        schema = turn_schema(self.codebook.ids, self.options.max_codes_per_unit, n_sentences)
+        return self._request(self._turn_prompt, schema, "turn_codes", **self._turn_values(transcript, seg))
+
+    def verify_request(self, transcript: Transcript, seg: Segment, code_id: str) -> ChatRequest:
+        """The yes/no check of one proposed code on one segment: a scoring request (nothing is generated).
+
+        It repeats the coding request's system message and the start of its user message (question and
+        numbered answer), so a local model re-evaluates only the code's own tail (KV prefix reuse), and
+        asks whether the code applies, with its definition and its "use when" / "not when" notes.
+        """
+        values = self._turn_values(transcript, seg)
+        system, user = self._turn_prompt.render(**values)
+        code = self.codebook.get(code_id)
+        assert code is not None
+        req = self._verify_prompt.request(
+            self.model,
+            {},
+            "verify",
+            temperature=0.0,
+            max_tokens=1,
+            seed=self.options.seed,
+            turn_system=system.rstrip("\n"),
+            turn_user=user.rstrip("\n"),
+            code=render_code(code).removeprefix("- "),
         )
+        return req.model_copy(update={"json_schema": None, "choices": ("yes", "no")})
+
+    def _verified(
+        self, transcript: Transcript, seg: Segment, codings: list[Coding]
+    ) -> tuple[list[Coding], list[Coding], Usage]:
+        """(reported, candidates, usage): each coding with the probability that its code applies.
+
+        A backend that reports no probabilities (or a failed check) leaves ``probability`` None and the
+        coding reported: nothing is dropped on a number that does not exist.
+        """
+        if not self.options.verify or not codings or self._no_probabilities:
+            return codings, [], Usage()
+        reported: list[Coding] = []
+        candidates: list[Coding] = []
+        prompt_tokens = 0
+        for c in codings:
+            try:
+                done = self.model.complete(self.verify_request(transcript, seg, c.code_id))
+            except ModelError:
+                reported.append(c)
+                continue
+            prompt_tokens += done.usage.prompt_tokens
+            p = (done.choice_probs or {}).get("yes") if done.choice_probs else None
+            if p is None:
+                # The backend gives no token probabilities: say so once and stop asking.
+                self._no_probabilities = True
+                reported.append(c)
+                continue
+            scored = c.model_copy(update={"probability": round(p, 4)})
+            (reported if p >= self.options.min_confidence else candidates).append(scored)
+        return reported, candidates, Usage(prompt_tokens=prompt_tokens)
 
     def chunk_request(self, chunk: Chunk) -> ChatRequest:
         """The whole-chunk request: numbered segments, only CODE segments to be coded."""
@@ -282,7 +346,11 @@ class Extractor:
                     alignment="exact",
                 )
             )
-        return _UnitOutcome(codings, lost, usage, attempts)
+        reported, candidates, v_usage = self._verified(transcript, seg, codings)
+        usage = Usage(
+            prompt_tokens=usage.prompt_tokens + v_usage.prompt_tokens, completion_tokens=usage.completion_tokens
+        )
+        return _UnitOutcome(reported, lost, usage, attempts, candidates)
 
     def code_chunk(self, transcript: Transcript, chunk: Chunk) -> _UnitOutcome:
         """Extract codings from one chunk; ground each in its segment (then the chunk's other coded ones)."""
@@ -443,6 +511,7 @@ class Extractor:
                 tally.failures.append(Failure.from_error(name, out))
                 continue
             tally.codings.extend(out.codings)
+            tally.candidates.extend(out.candidates)
             tally.ungrounded.extend(out.ungrounded)
             tally.add_usage(out.usage, out.attempts)
         return self._finish(transcript, tally, len(units), t0)
@@ -497,6 +566,7 @@ class Extractor:
             n_coded_units=n_units,
             strategy=self.strategy,
             codings=codings,
+            candidates=_dedupe(tally.candidates),
             summary=summary,
             ungrounded=tally.ungrounded,
             failures=tally.failures,

@@ -48,10 +48,17 @@ class ChatRequest(BaseModel):
     seed: int | None = 0
     prompt_id: str = ""
     prompt_hash: str = ""
+    choices: tuple[str, ...] = Field(
+        default=(),
+        description="a scoring request: the answer is one of these words, and the backend reports the "
+        "probability of each from its own next-token distribution (Completion.choice_probs)",
+    )
 
     def key(self) -> str:
         """sha256 of the canonical JSON of the request: the cache and recording key."""
         payload = self.model_dump(mode="json")
+        if not payload["choices"]:
+            del payload["choices"]  # keys of ordinary requests stay what they were before scoring existed
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -79,6 +86,11 @@ class Completion(BaseModel):
     usage: Usage = Usage()
     model: str = ""
     cached: bool = False
+    choice_probs: dict[str, float] | None = Field(
+        default=None,
+        description="for a scoring request: each choice's probability from the model's token probabilities, "
+        "renormalised over the choices; None where the backend gives none",
+    )
 
 
 @runtime_checkable

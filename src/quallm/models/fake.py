@@ -37,9 +37,17 @@ class FakeModel:
     instance of the request's schema. Every request is kept in ``requests``.
     """
 
-    def __init__(self, responder: Responder | None = None, *, name: str = "fake", endpoint: str = "fake") -> None:
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        name: str = "fake",
+        endpoint: str = "fake",
+        scorer: Callable[[ChatRequest], dict[str, float] | None] | None = None,
+    ) -> None:
         self._queue: deque[str | Completion] = deque()
         self._responder = responder
+        self._scorer = scorer
         self._name = name
         self._endpoint = endpoint
         self.requests: list[ChatRequest] = []
@@ -69,8 +77,16 @@ class FakeModel:
         return len(text.split())
 
     def complete(self, request: ChatRequest) -> Completion:
-        """Answer from the queue, the responder, or the schema."""
+        """Answer from the queue, the responder, or the schema; scoring requests from the ``scorer``.
+
+        A scoring request (``request.choices``) never takes a queued answer: without a scorer its
+        probabilities are None, as from a backend that reports none.
+        """
         self.requests.append(request)
+        if request.choices:
+            probs = self._scorer(request) if self._scorer else None
+            best = max(request.choices, key=lambda c: probs[c]) if probs else request.choices[0]
+            return Completion(content=best, finish_reason="stop", model=self._name, choice_probs=probs)
         if self._queue:
             out: str | Completion = self._queue.popleft()
         elif self._responder is not None:

@@ -220,6 +220,7 @@ class LocalLlamaModel:
         self._n_ctx = n_ctx
         self._n_threads = n_threads or available_cpus()
         self._grammars: dict[str, Any] = {}
+        self._formatter: Any | None = None
         if llama is None:
             if not self._path.is_file():
                 raise ModelNotAvailableError(f"model file not found: {self._path}")
@@ -286,7 +287,12 @@ class LocalLlamaModel:
         return kwargs
 
     def complete(self, request: ChatRequest) -> Completion:
-        """Run one chat completion; the answer follows ``request.json_schema`` when one is set."""
+        """Run one chat completion; the answer follows ``request.json_schema`` when one is set.
+
+        A scoring request (``request.choices``) generates nothing: see :meth:`score_choices`.
+        """
+        if request.choices:
+            return self.score_choices(request)
         with _INFERENCE_LOCK:
             kwargs = self.chat_kwargs(request)
             try:
@@ -317,6 +323,80 @@ class LocalLlamaModel:
             ),
             model=self.name,
         )
+
+    def score_choices(self, request: ChatRequest) -> Completion:
+        """The probability of each of ``request.choices`` as the first answer token, without generating.
+
+        The prompt is evaluated (reusing the KV prefix of the previous call, as generation does) and
+        the logits at its last position, which the context holds without ``logits_all``, are turned
+        into a softmax; each choice's mass is the sum over its first tokens ("yes", "Yes", " yes" ...),
+        renormalised over the choices, as a grammar allowing only the choices would. Measured with
+        the 1.5B model on 2 cores: about 0.5 s for a 100-token tail after a shared prefix.
+        """
+        import numpy as np
+
+        llm = self._llm
+        with _INFERENCE_LOCK:
+            try:
+                tokens = self._prompt_tokens(request)
+                if len(tokens) >= self._n_ctx:
+                    raise ModelError(f"{self.name}: the prompt ({len(tokens)} tokens) does not fit the context")
+                prefix = 0
+                for a, b in zip(llm._input_ids, tokens, strict=False):
+                    if a != b:
+                        break
+                    prefix += 1
+                # At least one token is evaluated so the logits belong to this prompt's last position.
+                llm.n_tokens = min(prefix, len(tokens) - 1)
+                llm.eval(tokens[llm.n_tokens :])
+                n_vocab = llm.n_vocab()
+                logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,)).astype(np.float64)
+            except ModelError:
+                raise
+            except Exception as exc:
+                raise ModelError(f"{self.name}: llama.cpp failed to score: {type(exc).__name__}: {exc}") from exc
+        z = np.exp(logits - logits.max())
+        z /= z.sum()
+        mass = {c: float(sum(z[t] for t in self._first_tokens(c))) for c in request.choices}
+        total = sum(mass.values())
+        probs = {c: (v / total if total > 0 else 1.0 / len(mass)) for c, v in mass.items()}
+        best = max(request.choices, key=lambda c: probs[c])
+        return Completion(
+            content=best,
+            finish_reason="stop",
+            usage=Usage(prompt_tokens=len(tokens), completion_tokens=0),
+            model=self.name,
+            choice_probs=probs,
+        )
+
+    def _first_tokens(self, word: str) -> set[int]:
+        out = set()
+        for variant in {word, word.capitalize(), word.upper(), " " + word, " " + word.capitalize()}:
+            ids = self._llm.tokenize(variant.encode("utf-8"), add_bos=False, special=False)
+            if ids:
+                out.add(int(ids[0]))
+        return out
+
+    def _prompt_tokens(self, request: ChatRequest) -> list[int]:
+        """The request's messages through the GGUF's chat template, ending where the answer starts."""
+        if self._formatter is None:
+            from llama_cpp import llama_chat_format
+
+            template = self._llm.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise ModelError(f"{self.name}: the GGUF has no chat template, so answers cannot be scored")
+            model = self._llm._model
+            eos, bos = self._llm.token_eos(), self._llm.token_bos()
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template,
+                eos_token=model.token_get_text(eos) if eos != -1 else "",
+                bos_token=model.token_get_text(bos) if bos != -1 else "",
+                stop_token_ids=[eos],
+            )
+        messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+        result = self._formatter(messages=messages)
+        ids = self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        return [int(t) for t in ids]
 
     def close(self) -> None:
         """Free the model and its context now instead of at garbage collection."""

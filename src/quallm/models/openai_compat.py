@@ -153,7 +153,11 @@ class OpenAICompatModel:
         resp = self._client.chat.completions.create(**chat_body(request, mode))
         choice = resp.choices[0]
         usage = resp.usage
+        probs = None
+        if request.choices:
+            probs = choice_probs_from_logprobs(request.choices, getattr(choice, "logprobs", None))
         return Completion(
+            choice_probs=probs,
             content=choice.message.content or "",
             finish_reason=choice.finish_reason or "stop",
             usage=Usage(
@@ -181,6 +185,10 @@ def chat_body(request: ChatRequest, mode: OutputMode | None = None) -> dict[str,
             messages = _with_schema_in_prompt(messages, request.json_schema)
     if request.seed is not None:
         body["seed"] = request.seed
+    if request.choices:
+        # A scoring request: the first token's top alternatives carry the probability of each choice.
+        body["logprobs"] = True
+        body["top_logprobs"] = 20
     return {
         "model": request.model,
         "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -188,6 +196,27 @@ def chat_body(request: ChatRequest, mode: OutputMode | None = None) -> dict[str,
         "max_tokens": request.max_tokens,
         **body,
     }
+
+
+def choice_probs_from_logprobs(choices: tuple[str, ...], logprobs: Any) -> dict[str, float] | None:
+    """Each choice's probability from the first answer token's ``top_logprobs``, renormalised over the
+    choices (case and a leading space ignored); None when the server sent no logprobs or none matched."""
+    import math
+
+    content = getattr(logprobs, "content", None) if logprobs is not None else None
+    if not content:
+        return None
+    top = getattr(content[0], "top_logprobs", None) or []
+    mass = dict.fromkeys(choices, 0.0)
+    wanted = {c.casefold(): c for c in choices}
+    for alt in top:
+        word = wanted.get(str(getattr(alt, "token", "")).strip().casefold())
+        if word is not None:
+            mass[word] += math.exp(float(getattr(alt, "logprob", -math.inf)))
+    total = sum(mass.values())
+    if total <= 0:
+        return None
+    return {c: v / total for c, v in mass.items()}
 
 
 def _with_schema_in_prompt(messages: list[Message], schema: dict[str, Any]) -> list[Message]:

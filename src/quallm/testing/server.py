@@ -229,8 +229,12 @@ class OpenAITestServer:
         *,
         port: int = 0,
         batch: BatchBehaviour | None = None,
+        scorer: Callable[[dict[str, Any]], dict[str, float]] | None = None,
     ):
         self.responder = responder or _default_responder
+        # Requests that ask for logprobs (quallm's yes/no checks) are answered by the scorer: the
+        # probability of each word as the first token, sent as top_logprobs like OpenAI does.
+        self.scorer = scorer or (lambda body: {"yes": 0.9, "no": 0.1})
         self.faults = faults or Faults()
         self.batch = batch or BatchBehaviour()
         self.state = ServerState()
@@ -419,6 +423,9 @@ class OpenAITestServer:
             return '{"codes": [ this is not json', "stop"
         if fault == "length":
             return '{"codes": [{"code_id": "', "length"
+        if body.get("logprobs"):
+            probs = self.scorer(body)
+            return max(probs, key=lambda w: probs[w]), "stop"
         content = self.responder(body)
         if fault == "bad_quote":
             content = invent_quotes(content, body)
@@ -433,13 +440,28 @@ class OpenAITestServer:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", self.model),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish,
+                    **({"logprobs": self._logprobs(body)} if body.get("logprobs") else {}),
+                }
+            ],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": len(content.split()),
                 "total_tokens": prompt_tokens + len(content.split()),
             },
         }
+
+    def _logprobs(self, body: dict[str, Any]) -> dict[str, Any]:
+        import math
+
+        probs = self.scorer(body)
+        top = [{"token": w, "logprob": math.log(max(p, 1e-12)), "bytes": None} for w, p in probs.items()]
+        first = max(top, key=lambda t: t["logprob"])
+        return {"content": [{**first, "top_logprobs": top}], "refusal": None}
 
     # --- files ----------------------------------------------------------------------------------
 
