@@ -459,8 +459,10 @@ class OpenAITestServer:
         import math
 
         probs = self.scorer(body)
-        top = [{"token": w, "logprob": math.log(max(p, 1e-12)), "bytes": None} for w, p in probs.items()]
-        first = max(top, key=lambda t: t["logprob"])
+        top: list[dict[str, Any]] = [
+            {"token": w, "logprob": math.log(max(p, 1e-12)), "bytes": None} for w, p in probs.items()
+        ]
+        first = max(top, key=lambda t: float(t["logprob"]))
         return {"content": [{**first, "top_logprobs": top}], "refusal": None}
 
     # --- files ----------------------------------------------------------------------------------
