@@ -145,7 +145,9 @@ def main() -> None:
     proposals = machine + [c for r in results for c in getattr(r, "candidates", [])]
 
     human, problems = read_human_csv(human_path, transcripts, codebook.ids)
-    if problems:
+    ids = {t.id for t in transcripts}
+    problems = [p for p in problems if not any(f"'{i}'" in p for i in ids) or "unknown transcript" not in p]
+    if problems and not args.limit:
         print("human coding problems:", *problems, sep="\n  ")
     humans = sorted({c.coder for c in human})
     reference = "coder_a" if "coder_a" in humans else humans[0]
@@ -182,8 +184,10 @@ def main() -> None:
         for th in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
             kept = [c for c in proposals if c.probability is None or c.probability >= th]
             rep = _score(transcripts, kept, human, codes, extractor.coder, reference, 0)
-            pair = next(x for x in rep.pairs if extractor.coder in (x.coder_a, x.coder_b) and reference in
-                        (x.coder_a, x.coder_b))
+            pair = next((x for x in rep.pairs if {extractor.coder, reference} == {x.coder_a, x.coder_b}), None)
+            if pair is None:
+                print(f"  {th:.1f} (no codings)")
+                continue
             m = pair.micro
             print(f"  {th:.1f} {_f(m.kappa.value)} {_f(m.precision.value)} {_f(m.recall.value)} {len(kept)}")
 
