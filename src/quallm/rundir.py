@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from quallm.codebook import Codebook
 from quallm.errors import InputError
+from quallm.redact import redact_value
 from quallm.results import TranscriptResult
 
 CODINGS_COLUMNS = [
@@ -101,8 +102,9 @@ class RunDir:
     def log(self, event: str, **fields: Any) -> None:
         """Append one JSON line to ``log.jsonl`` (warnings, ungrounded quotes, failures)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        line = redact_value({"time": now_iso(), "event": event, **fields})  # no key lands on disk
         with open(self.path / "log.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"time": now_iso(), "event": event, **fields}, ensure_ascii=False) + "\n")
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write manifest.json atomically."""
