@@ -6,7 +6,6 @@ or kill never loses finished work, and a re-run skips results whose input finger
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from quallm.codebook import Codebook
+from quallm.csvsafe import SafeWriter
 from quallm.errors import InputError
 from quallm.redact import redact_value
 from quallm.results import TranscriptResult
@@ -119,7 +119,7 @@ class RunDir:
         """Regenerate codings.csv and summaries.md from all results, streaming: one result in memory at a time."""
         totals = OutputTotals()
         with _atomic_file(self.path / "codings.csv") as codings_fh, _atomic_file(self.path / "summaries.md") as md_fh:
-            w = csv.writer(codings_fh)
+            w = SafeWriter(codings_fh)  # text cells neutralised against formula injection
             w.writerow(CODINGS_COLUMNS)
             md_fh.write("# Summaries\n")
             for r in results:
@@ -137,7 +137,7 @@ class RunDir:
                             c.alignment,
                             c.coder,
                             c.rationale or "",
-                            "" if c.confidence is None else c.confidence,
+                            c.confidence,
                         ]
                     )
                 md_fh.write("\n" + render_summary(r))
