@@ -60,15 +60,17 @@ def test_irrcac_raw4raters_example() -> None:
     # Gwet, irrCAC R package README (github.com/kgwet/irrCAC), dataset cac.raw4raters (the same
     # 12 x 4 data as Krippendorff 2011, unit 12 rated once): pa.coeff.raw 0.8181818,
     # gwet.ac1.raw 0.77544 (pe 0.1903212), fleiss.kappa.raw 0.76117 (pe 0.2387153),
-    # krippen.alpha.raw 0.74342. irrCAC averages category shares over every rated unit, hence
-    # chance_from="rated".
+    # krippen.alpha.raw 0.74342. irrCAC averages category shares over every rated unit, and so do
+    # quallm's defaults (chance_from="rated").
     assert percent_agreement(KRIPPENDORFF_2011) == pytest.approx(0.8181818, abs=5e-8)
-    assert gwet_ac1(KRIPPENDORFF_2011, chance_from="rated") == pytest.approx(0.77544, abs=5e-6)
-    assert fleiss_kappa(KRIPPENDORFF_2011, chance_from="rated") == pytest.approx(0.76117, abs=5e-6)
+    assert gwet_ac1(KRIPPENDORFF_2011) == pytest.approx(0.77544, abs=5e-6)
+    assert fleiss_kappa(KRIPPENDORFF_2011) == pytest.approx(0.76117, abs=5e-6)
+    assert gwet_ac1(KRIPPENDORFF_2011, chance_from="rated") == gwet_ac1(KRIPPENDORFF_2011)
     assert krippendorff_alpha(KRIPPENDORFF_2011) == pytest.approx(0.74342, abs=5e-6)
-    # Default (chance from pairable units only) differs slightly: unit 12's single rating is left out.
+    # Chance from pairable units only (unit 12's single rating left out) differs slightly:
     # pa = 0.8181818; pi over 11 units -> pe(AC1) = 0.1913740, AC1 = (0.8181818 - 0.1913740) / 0.8086260.
-    assert gwet_ac1(KRIPPENDORFF_2011) == pytest.approx(0.7751517, abs=5e-7)
+    assert gwet_ac1(KRIPPENDORFF_2011, chance_from="pairable") == pytest.approx(0.7751517, abs=5e-7)
+    assert fleiss_kappa(KRIPPENDORFF_2011, chance_from="pairable") == pytest.approx(0.76248, abs=5e-6)
 
 
 def test_random_tables_match_krippendorff_package() -> None:

@@ -101,8 +101,8 @@ def _value(table: list[tuple[bool | None, ...]], stat: str) -> float | None:
         return cohen_kappa(table)
     if stat == "alpha":
         return krippendorff_alpha(table)
-    if stat == "ac1":
-        return gwet_ac1(table, categories=[False, True])
+    if stat == "ac1":  # pair statistics are on the units both coders coded, as Cohen's kappa
+        return gwet_ac1([r for r in table if None not in r], categories=[False, True])
     prf = precision_recall_f1([r[0] for r in table], [r[1] for r in table])
     return getattr(prf, stat)
 
@@ -153,6 +153,33 @@ def test_turn_statistics_equal_metrics_functions(seed: int) -> None:
     assert ab.n_units == len([u for u in units if u[0] not in ("tr3", "tr5")])
     assert ab.n_transcripts == 5
     assert report.group.n_units == len([u for u in units if u[0] != "tr5"])
+
+
+def test_all_coders_chance_terms_count_single_rated_units_as_irrcac() -> None:
+    # Gwet's irrCAC dataset cac.raw4raters (tests/test_agreement_metrics.py: 12 units x 4 raters,
+    # unit 12 rated once), one transcript per unit so that a rater's missing value is a transcript
+    # it did not code. Per category v, code "k<v>" is present where a rater gave v. The all-coders
+    # AC1 and Fleiss' kappa take chance agreement over every rated unit, as irrCAC does: equal to the
+    # metrics' defaults, not to chance_from="pairable" (unit 12 is rated but not pairable).
+    from test_agreement_metrics import KRIPPENDORFF_2011
+
+    coders = ["r1", "r2", "r3", "r4"]
+    transcripts = [make_transcript(f"u{u:02}", [("I", "Question?"), ("P", f"Answer {u}.")]) for u in range(12)]
+    codings = [turn_coding(transcripts[u], coders[c], f"k{v}", 1)
+               for u, unit in enumerate(KRIPPENDORFF_2011) for c, v in enumerate(unit) if v is not None]
+    codes = [f"k{v}" for v in range(1, 6)]
+    report = reconcile(transcripts, codings, codes, unit="turn", n_boot=0)
+    assert report.group is not None
+    assert report.group.n_units == 11  # observed agreement: pairable units only
+    differs = 0
+    for g in report.group.codes:
+        v = int(g.code[1:])
+        table = [tuple(None if x is None else x == v for x in unit) for unit in KRIPPENDORFF_2011]
+        assert g.ac1.value == pytest.approx(gwet_ac1(table, categories=[False, True]), abs=1e-12)
+        assert g.fleiss_kappa.value == pytest.approx(fleiss_kappa(table), abs=1e-12)
+        pairable_ac1 = gwet_ac1(table, categories=[False, True], chance_from="pairable")
+        differs += pairable_ac1 != pytest.approx(g.ac1.value, abs=1e-9)
+    assert differs > 0  # the single rating of unit 12 moves at least one code's chance term
 
 
 # --- units

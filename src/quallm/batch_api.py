@@ -29,6 +29,7 @@ from quallm.errors import ConfigError, NetworkDisabledError, QuallmError, Transp
 from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs
 from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper, Usage
 from quallm.models.openai_compat import chat_body
+from quallm.redact import redact
 from quallm.rundir import RunDir, atomic_write_text, now_iso
 from quallm.runner import Progress, RunReport, run_extraction
 from quallm.transcripts import expand_paths, load_metadata, load_transcript
@@ -258,7 +259,7 @@ def download_results(client_model: OpenAICompatModel, info: BatchInfo, run_dir: 
         if file_id and not path.is_file():
             client = _client(client_model)
             content = _api_call(client_model, "file download", partial(client.files.content, file_id))
-            atomic_write_text(path, content.content.decode("utf-8"))
+            atomic_write_text(path, redact(content.content.decode("utf-8")))  # a line may echo the key
     return read_answers(run)
 
 

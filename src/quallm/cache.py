@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from quallm.errors import ConfigError
 from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper
+from quallm.redact import redact_value
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -166,7 +167,8 @@ class ResponseCache:
         """Store the completion if it is worth reusing; returns whether it was stored."""
         if not worth_caching(request, completion):
             return False
-        blob = completion.model_dump_json(exclude={"cached"})
+        # An answer that echoes a key is stored without it (it is then also what a later run gets).
+        blob = json.dumps(redact_value(completion.model_dump(mode="json", exclude={"cached"})))
         self._conn().execute(
             "INSERT OR REPLACE INTO responses (key, model, prompt_id, completion, created) VALUES (?, ?, ?, ?, ?)",
             (request.key(), request.model, request.prompt_id, blob, time.time()),

@@ -509,7 +509,9 @@ def reconcile(
 ) -> None:
     """Agreement between machine and human coding (kappa, alpha, AC1, P/R/F1) and the disagreements.
 
-    Writes agreement.json, agreement.csv, disagreements.csv and disagreements.json.
+    Writes agreement.json, agreement.csv, disagreements.csv and disagreements.json. A .qdpx is read
+    only from its own members, within QUALLM_ARCHIVE_MAX_MEMBER_MB (default 64) per member and
+    QUALLM_ARCHIVE_MAX_TOTAL_MB (default 256) in all.
     """
     from quallm.reconciling import reconcile_files, reconcile_run
 

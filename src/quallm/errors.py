@@ -72,12 +72,15 @@ class ModelNotAvailableError(ConfigError):
 
 
 def describe(exc: BaseException) -> dict[str, Any]:
-    """A JSON-safe description of an exception, for failure logs."""
-    out: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    """A JSON-safe description of an exception, for failure logs, with secrets redacted
+    (:func:`quallm.redact.redact`: a server may echo the API key in an error body)."""
+    from quallm.redact import redact
+
+    out: dict[str, Any] = {"type": type(exc).__name__, "message": redact(str(exc))}
     raw = getattr(exc, "raw", None)
     if raw is not None:
-        out["raw"] = raw
+        out["raw"] = redact(str(raw))
     errors = getattr(exc, "errors", None)
     if isinstance(errors, list) and errors:
-        out["errors"] = errors
+        out["errors"] = [redact(str(e)) for e in errors]
     return out

@@ -10,26 +10,15 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from quallm.errors import ConfigError, ReplayMissError
 from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper, OutputMode
+from quallm.redact import redact_value
 
 FORMAT = "quallm-recording/1"
-_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{16,}|Bearer\s+[A-Za-z0-9._\-]{16,})")
-
-
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return _SECRET.sub("[REDACTED]", value)
-    if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items() if k.lower() not in {"authorization", "api_key", "api-key"}}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    return value
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -57,7 +46,7 @@ class RecordingModel(ModelWrapper):
         }
         _atomic_write(
             self.directory / f"{request.key()[:24]}.json",
-            json.dumps(_scrub(record), indent=2, ensure_ascii=False) + "\n",
+            json.dumps(redact_value(record), indent=2, ensure_ascii=False) + "\n",
         )
         return completion
 

@@ -6,7 +6,6 @@ or kill never loses finished work, and a re-run skips results whose input finger
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -17,7 +16,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from quallm.codebook import Codebook
+from quallm.csvsafe import SafeWriter
 from quallm.errors import InputError
+from quallm.redact import redact_value
 from quallm.results import TranscriptResult
 
 CODINGS_COLUMNS = [
@@ -101,8 +102,9 @@ class RunDir:
     def log(self, event: str, **fields: Any) -> None:
         """Append one JSON line to ``log.jsonl`` (warnings, ungrounded quotes, failures)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        line = redact_value({"time": now_iso(), "event": event, **fields})  # no key lands on disk
         with open(self.path / "log.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"time": now_iso(), "event": event, **fields}, ensure_ascii=False) + "\n")
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write manifest.json atomically."""
@@ -117,7 +119,7 @@ class RunDir:
         """Regenerate codings.csv and summaries.md from all results, streaming: one result in memory at a time."""
         totals = OutputTotals()
         with _atomic_file(self.path / "codings.csv") as codings_fh, _atomic_file(self.path / "summaries.md") as md_fh:
-            w = csv.writer(codings_fh)
+            w = SafeWriter(codings_fh)  # text cells neutralised against formula injection
             w.writerow(CODINGS_COLUMNS)
             md_fh.write("# Summaries\n")
             for r in results:
@@ -135,7 +137,7 @@ class RunDir:
                             c.alignment,
                             c.coder,
                             c.rationale or "",
-                            "" if c.confidence is None else c.confidence,
+                            c.confidence,
                         ]
                     )
                 md_fh.write("\n" + render_summary(r))

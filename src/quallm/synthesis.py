@@ -14,8 +14,6 @@ Two layers, kept apart on purpose:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import re
@@ -32,6 +30,7 @@ from scipy.stats import fisher_exact
 
 from quallm.codebook import Codebook
 from quallm.codings import Coding
+from quallm.csvsafe import Cell, to_csv
 from quallm.errors import ConfigError, InputError, ModelError
 from quallm.models.base import ChatModel, ChatRequest, Usage
 from quallm.prompting import PromptTemplate, load_prompt
@@ -454,14 +453,8 @@ def synthesise(
     )
 
 
-def _csv(rows: Sequence[Sequence[object]]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf).writerows(rows)
-    return buf.getvalue()
-
-
-def _num(v: float | None) -> str:
-    return "" if v is None else repr(round(v, 6))
+def _num(v: float | None) -> float | None:
+    return None if v is None else round(v, 6)
 
 
 def safe_column_name(column: str) -> str:
@@ -478,7 +471,7 @@ def write_synthesis(s: Synthesis, out_dir: str | Path) -> list[Path]:
         raise InputError(out, f"cannot create the output folder: {exc}") from exc
     paths = [out / "synthesis.json", out / "matrix.csv"]
     header = ["code_id", "label", "kind", *s.transcript_ids, "n_transcripts_with_code", "share", "n_codings"]
-    matrix: list[list[object]] = [list(header)]
+    matrix: list[list[Cell]] = [list(header)]
     for c in s.codes:
         matrix.append(
             [
@@ -492,9 +485,9 @@ def write_synthesis(s: Synthesis, out_dir: str | Path) -> list[Path]:
             ]
         )
     atomic_write_text(paths[0], json.dumps(s.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(paths[1], _csv(matrix))
+    atomic_write_text(paths[1], to_csv(matrix))
     if s.by is not None:
-        rows: list[list[object]] = [
+        rows: list[list[Cell]] = [
             [
                 "code_id",
                 "label",
@@ -529,7 +522,7 @@ def write_synthesis(s: Synthesis, out_dir: str | Path) -> list[Path]:
                     ]
                 )
         paths.append(out / f"prevalence_by_{safe_column_name(s.by.column)}.csv")
-        atomic_write_text(paths[-1], _csv(rows))
+        atomic_write_text(paths[-1], to_csv(rows))
     return paths
 
 

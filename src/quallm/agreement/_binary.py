@@ -53,6 +53,7 @@ def pair_stats(n11: FloatArray, n10: FloatArray, n01: FloatArray, n: FloatArray)
 
 def group_stats(
     n: FloatArray,
+    n_rated: FloatArray,
     pu: FloatArray,
     share1: FloatArray,
     share0: FloatArray,
@@ -61,11 +62,15 @@ def group_stats(
     v0: FloatArray,
 ) -> dict[str, FloatArray]:
     """Several coders over ``n`` pairable units. Per unit with ``m`` values of which ``k`` "present":
-    ``pu`` sums the share of agreeing pairs, ``share1``/``share0`` sum k/m and (m-k)/m, ``o01`` sums
-    k(m-k)/(m-1) (the coincidence of present with absent), ``v1``/``v0`` sum k and m-k."""
+    ``pu`` sums the share of agreeing pairs over pairable units, ``o01`` sums k(m-k)/(m-1) (the
+    coincidence of present with absent), ``v1``/``v0`` sum k and m-k over pairable units.
+    ``share1``/``share0`` sum k/m and (m-k)/m over the ``n_rated`` units with at least one value: the
+    chance terms of Fleiss' kappa and AC1 average over every rated unit, as Gwet's irrCAC does
+    (``chance_from="rated"`` in :mod:`quallm.agreement.metrics`)."""
     has = n > 0
     percent = _div(pu, n, has)
-    pi1, pi0 = _div(share1, n, has), _div(share0, n, has)
+    rated = n_rated > 0
+    pi1, pi0 = _div(share1, n_rated, rated), _div(share0, n_rated, rated)
     pe_k = pi1 * pi1 + pi0 * pi0
     fleiss = _div(percent - pe_k, 1 - pe_k, (share1 > 0) & (share0 > 0))
     pe_g = 2 * pi1 * pi0

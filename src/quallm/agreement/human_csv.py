@@ -4,7 +4,9 @@ Required columns: ``transcript_id``, ``coder``, ``code_id``. Each row is located
 ``start`` and ``end`` (character offsets into the transcript text), ``turn_index``, or ``quote``
 (found in the transcript text, within the turn when ``turn_index`` is also given). Optional columns
 ``speaker``, ``rationale`` and ``confidence`` are carried over. Row numbers in problems count the
-header as row 1, as a spreadsheet shows them.
+header as row 1, as a spreadsheet shows them. A cell that quallm neutralised against formula injection
+(``'=...``, see :mod:`quallm.csvsafe`) is read back as the original text, so a run's own
+``codings.csv`` reads back exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import ValidationError
 
 from quallm.agreement.units import locate_quote, normalise_text
 from quallm.codings import Coding
+from quallm.csvsafe import SafeDictReader
 from quallm.errors import InputError
 from quallm.transcripts.model import Transcript
 
@@ -98,7 +101,7 @@ def read_human_csv(
     known_codes = set(codebook_codes) if codebook_codes is not None else None
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.DictReader(fh)
+            reader = SafeDictReader(fh)  # takes off the ' that quallm's CSV writing puts before formulas
             fields = [f.strip() for f in (reader.fieldnames or [])]
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:

@@ -186,15 +186,15 @@ def cohen_kappa(
     return 1.0 - observed / expected
 
 
-def fleiss_kappa(table: Table, chance_from: ChanceFrom = "pairable") -> float | None:
+def fleiss_kappa(table: Table, chance_from: ChanceFrom = "rated") -> float | None:
     """Fleiss' kappa (Fleiss 1971) for any number of coders, meant for more than two.
 
     Units with fewer than two ratings are left out. With a varying number of ratings per unit it
     follows the generalisation in Gwet's Handbook (2014): observed agreement is the mean over
     pairable units of the share of agreeing rating pairs, and each category's chance probability is
-    the mean over units of its share of the unit's ratings. ``chance_from="pairable"`` (default)
-    takes that mean over pairable units only; ``"rated"`` over every unit with at least one rating,
-    as irrCAC's ``fleiss.kappa.raw`` does. With a constant number of ratings both equal Fleiss'
+    the mean over units of its share of the unit's ratings. ``chance_from="rated"`` (default) takes
+    that mean over every unit with at least one rating, as Gwet's irrCAC (``fleiss.kappa.raw``) does;
+    ``"pairable"`` over pairable units only. With a constant number of ratings both equal Fleiss'
     original formula. ``None`` when no unit is pairable or only one category was ever used.
     """
     codes, cats = _encode(table)
@@ -210,12 +210,14 @@ def fleiss_kappa(table: Table, chance_from: ChanceFrom = "pairable") -> float | 
 
 
 def gwet_ac1(
-    table: Table, categories: Sequence[Hashable] | None = None, chance_from: ChanceFrom = "pairable"
+    table: Table, categories: Sequence[Hashable] | None = None, chance_from: ChanceFrom = "rated"
 ) -> float | None:
     """Gwet's AC1 (Gwet 2008), multi-rater form, for any number of coders with missing values.
 
     ``pa`` is as in :func:`fleiss_kappa`; chance agreement is ``sum_k pi_k (1 - pi_k) / (q - 1)``
-    with ``q`` the number of categories (``len(categories)`` if given, else the number observed).
+    with ``q`` the number of categories (``len(categories)`` if given, else the number observed) and
+    ``pi_k`` taken as ``chance_from`` says (see :func:`fleiss_kappa`; the default ``"rated"`` is
+    Gwet's own, ``gwet.ac1.raw`` in irrCAC).
     When only one category exists (``q == 1``) chance agreement is taken as 0, so perfect agreement
     on one category gives ``1.0``. ``None`` only when no unit is pairable.
     """

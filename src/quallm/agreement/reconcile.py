@@ -393,26 +393,34 @@ def _group_report(p: _Prepared, n_boot: int, seed: int, level: float) -> GroupRe
     m = p.has.sum(axis=1).astype(np.float64)[:, None]  # values per unit
     k = (p.x & p.has[:, :, None]).sum(axis=1).astype(np.float64)  # "present" values per unit x code
     pairable = (m >= 2).astype(np.float64)
+    rated = (m >= 1).astype(np.float64)
     mm = np.maximum(m, 2.0)  # avoid 0-division; non-pairable units are zeroed by ``pairable``
+    m1 = np.maximum(m, 1.0)
+    # Chance terms average over every rated unit (Gwet's irrCAC), agreement over pairable ones.
+    share1 = k * rated / m1
+    share0 = (m - k) * rated / m1
     k = k * pairable
     rest = (m - k) * pairable
     per_unit = {
         "n": np.repeat(pairable, len(p.codes), axis=1),
+        "n_rated": np.repeat(rated, len(p.codes), axis=1),
         "pu": (k * (k - 1) + rest * (rest - 1)) / (mm * (mm - 1)),
-        "share1": k / mm,
-        "share0": rest / mm,
+        "share1": share1,
+        "share0": share0,
         "o01": k * rest / (mm - 1),
         "v1": k,
         "v0": rest,
     }
     sums: dict[str, FloatArray] = {name: _per_transcript(v, p.t_of_unit, n_t) for name, v in per_unit.items()}
-    clusters = sums["n"][:, 0] > 0 if p.codes else np.zeros(n_t, dtype=bool)
+    with_pairs = sums["n"][:, 0] > 0 if p.codes else np.zeros(n_t, dtype=bool)
+    # Resample every transcript with a rated unit: single-rated ones count in the chance terms.
+    clusters = sums["n_rated"][:, 0] > 0 if p.codes else np.zeros(n_t, dtype=bool)
     sums = {name: v[clusters] for name, v in sums.items()}
     res = _analyse(sums, group_stats, GROUP_STATS, n_boot, _rng(seed, "all coders"), level)
     n_units = int(pairable.sum())
     return GroupReport(
         coders=list(p.coders),
-        n_transcripts=int(clusters.sum()),
+        n_transcripts=int(with_pairs.sum()),
         n_units=n_units,
         codes=[GroupCodeStats(code=c, n_units=n_units, **res.per_code[i]) for i, c in enumerate(p.codes)],
         micro=GroupCodeStats(code=POOLED_MICRO, n_units=n_units, **res.micro),
@@ -497,8 +505,9 @@ def _notes(p: _Prepared, unit: UnitKind, min_overlap: int, n_boot: int, level: f
         "Pairs: coder_a is the reference for precision/recall (the human in machine-human pairs); "
         "a coder is a machine when its name starts with 'quallm' or it was listed as a machine coder.",
         "All-coders rows (more than two coders): kappa is Fleiss' kappa; percent is the mean share of "
-        "agreeing coder pairs per unit; AC1 is Gwet's multi-rater AC1; units with fewer than two "
-        "coders are left out.",
+        "agreeing coder pairs per unit; AC1 is Gwet's multi-rater AC1; observed agreement is over "
+        "units with at least two coders, the chance agreement of Fleiss' kappa and AC1 over every unit "
+        "with at least one coder (as Gwet's irrCAC computes them).",
         "Undefined statistics (e.g. kappa when one category was used throughout) are null in JSON, "
         "empty in CSV and 'undefined' in printed output.",
     ]

@@ -1,15 +1,16 @@
 """Write an :class:`AgreementReport` to files, and format it for people.
 
-Undefined values are ``null`` in JSON, an empty cell in CSV and the word ``undefined`` in text.
+Undefined values are ``null`` in JSON, an empty cell in CSV and the word ``undefined`` in text. CSV
+text cells are neutralised against formula injection (:mod:`quallm.csvsafe`); numbers stay numbers.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 from quallm.agreement.reconcile import AgreementReport, Estimate, GroupCodeStats, PairCodeStats
+from quallm.csvsafe import Cell, to_csv
 from quallm.errors import InputError
 
 UNDEFINED = "undefined"
@@ -33,33 +34,34 @@ def format_estimate(est: Estimate, digits: int = 3) -> str:
     return f"{est.value:.{digits}f} [{est.ci_low:.{digits}f}, {est.ci_high:.{digits}f}]"
 
 
-def _cell(value: float | int | None) -> str:
-    if value is None:
-        return ""
-    return str(value) if isinstance(value, int) else repr(round(value, 6))
+def _cell(value: float | int | None) -> Cell:
+    # Numbers stay numbers (a negative kappa is not a formula); text cells are neutralised on writing.
+    if value is None or isinstance(value, int):
+        return value
+    return round(value, 6)
 
 
-def _pair_row(pair: str, kind: str, s: PairCodeStats) -> list[str]:
-    row = [pair, kind, s.code, str(s.n_units)]
+def _pair_row(pair: str, kind: str, s: PairCodeStats) -> list[Cell]:
+    row: list[Cell] = [pair, kind, s.code, s.n_units]
     for name in STAT_COLUMNS:
         e: Estimate = getattr(s, name)
         row += [_cell(e.value), _cell(e.ci_low), _cell(e.ci_high)]
     return row
 
 
-def _group_row(pair: str, s: GroupCodeStats) -> list[str]:
+def _group_row(pair: str, s: GroupCodeStats) -> list[Cell]:
     # All-coders rows reuse the pair columns: kappa holds Fleiss' kappa, precision/recall/F1 are empty.
     stats = {"percent": s.percent, "kappa": s.fleiss_kappa, "alpha": s.alpha, "ac1": s.ac1}
-    row = [pair, "all-coders", s.code, str(s.n_units)]
+    row: list[Cell] = [pair, "all-coders", s.code, s.n_units]
     for name in STAT_COLUMNS:
         e = stats.get(name, Estimate(value=None))
         row += [_cell(e.value), _cell(e.ci_low), _cell(e.ci_high)]
     return row
 
 
-def agreement_rows(report: AgreementReport) -> list[list[str]]:
+def agreement_rows(report: AgreementReport) -> list[list[Cell]]:
     """Rows of ``agreement.csv`` (header first): one per pair x code, plus pooled and all-coders rows."""
-    rows = [list(AGREEMENT_HEADER)]
+    rows: list[list[Cell]] = [list(AGREEMENT_HEADER)]
     for p in report.pairs:
         for s in [*p.codes, p.micro, p.macro]:
             rows.append(_pair_row(p.pair, p.kind, s))
@@ -70,23 +72,23 @@ def agreement_rows(report: AgreementReport) -> list[list[str]]:
     return rows
 
 
-def disagreement_rows(report: AgreementReport) -> list[list[str]]:
+def disagreement_rows(report: AgreementReport) -> list[list[Cell]]:
     """Rows of ``disagreements.csv`` (header first); a coder's vote is yes, no, or empty if not coded."""
     header = ["transcript_id", "unit_id", "turn_index", "start", "end", "code_id",
               *report.coders, "machine_coder", "machine_confidence", "machine_quote",
               "machine_rationale", "unit_text"]
-    rows = [header]
+    rows: list[list[Cell]] = [list(header)]
     for d in report.disagreements:
         votes = [("" if d.votes.get(c) is None else "yes" if d.votes[c] else "no") for c in report.coders]
-        rows.append([d.transcript_id, d.unit_id, _cell(d.turn_index), str(d.start), str(d.end), d.code_id,
+        rows.append([d.transcript_id, d.unit_id, _cell(d.turn_index), d.start, d.end, d.code_id,
                      *votes, d.machine_coder or "", _cell(d.machine_confidence), d.machine_quote or "",
                      d.machine_rationale or "", d.unit_text])
     return rows
 
 
-def _write_csv(path: Path, rows: list[list[str]]) -> None:
+def _write_csv(path: Path, rows: list[list[Cell]]) -> None:
     with path.open("w", encoding="utf-8", newline="") as fh:
-        csv.writer(fh).writerows(rows)
+        fh.write(to_csv(rows))
 
 
 def write_agreement(report: AgreementReport, out_dir: Path | str) -> list[Path]:

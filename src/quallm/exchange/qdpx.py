@@ -42,6 +42,7 @@ from quallm import __version__
 from quallm.codebook import Codebook
 from quallm.codings import Alignment, Coding
 from quallm.errors import InputError
+from quallm.exchange.archive import ArchiveLimits, SafeArchive, is_zip
 from quallm.rundir import RunDir
 from quallm.transcripts import load_transcript
 from quallm.transcripts.model import Transcript
@@ -150,47 +151,64 @@ def _text(el: Any | None) -> str | None:
 
 
 SourceReader = Callable[[str], bytes | None]
+# An internal source's file name as a bare .qde may name it in the sources/ folder beside it.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9{}()\[\] _.,+-]+")
 
 
-def _open_project(p: Path) -> tuple[bytes, SourceReader]:
-    """The project XML and a reader for internal sources (by file name), from a .qdpx or a bare .qde."""
+def _open_project(p: Path, limits: ArchiveLimits | None = None) -> tuple[bytes, SourceReader, SafeArchive | None]:
+    """The project XML, a reader for internal sources (by file name) and the open archive (to close),
+    from a .qdpx or a bare .qde. Only the archive's own members are ever read (lazily, within the
+    caps of :class:`~quallm.exchange.archive.SafeArchive`); for a bare .qde, only plain file names
+    in the ``sources/`` folder beside it."""
     if not p.exists():
         raise InputError(p, "file not found")
     if p.is_dir():
         raise InputError(p, "is a directory, not a .qdpx or .qde file")
-    if zipfile.is_zipfile(p):
+    if is_zip(p):
+        archive = SafeArchive(p, limits)
         try:
-            with zipfile.ZipFile(p) as zf:
-                names = [n for n in zf.namelist() if not n.endswith("/")]
-                qde = _pick_qde(names)
-                if qde is None:
-                    raise InputError(p, "no project.qde in the archive (a .qdpx is a zip holding project.qde)")
-                xml = zf.read(qde)
-                # Internal sources sit in sources/ (some tools write Sources/); keep the text ones.
-                members = {
-                    n.rsplit("/", 1)[-1].lower(): zf.read(n)
-                    for n in names
-                    if "/" in n and n.rsplit("/", 2)[-2].lower() == "sources" and n.lower().endswith(".txt")
-                }
-        except (zipfile.BadZipFile, OSError, RuntimeError) as exc:
-            raise InputError(p, f"cannot read the archive: {exc}") from exc
-        return xml, lambda name: members.get(name.lower())
+            qde = _pick_qde(archive.names())
+            if qde is None:
+                raise InputError(p, "no project.qde in the archive (a .qdpx is a zip holding project.qde)")
+            xml = archive.read(qde)
+        except BaseException:
+            archive.close()
+            raise
+        # Internal sources sit in sources/ (some tools write Sources/); only text ones are read.
+        members = {
+            n.rsplit("/", 1)[-1].lower(): n
+            for n in archive.names()
+            if "/" in n and n.rsplit("/", 2)[-2].lower() == "sources" and n.lower().endswith(".txt")
+        }
+
+        def member(name: str) -> bytes | None:
+            stored = members.get(name.lower())
+            return archive.read(stored) if stored is not None else None
+
+        return xml, member, archive
     if p.suffix.lower() == ".qdpx":
         raise InputError(p, "not a zip archive (a .qdpx is a zip holding project.qde and sources/)")
     try:
         xml = p.read_bytes()
     except OSError as exc:
         raise InputError(p, f"cannot read the file: {exc.strerror or exc}") from exc
+    limit = (limits or ArchiveLimits.from_env()).max_member_bytes
 
     def beside(name: str) -> bytes | None:
-        # A bare .qde may sit in an unzipped project: look in sources/ next to it.
+        # A bare .qde may sit in an unzipped project: look in sources/ next to it, for a plain file
+        # name only (no folders, no "..", no link out of the folder), as a .qdpx member would be.
+        if not _PLAIN_NAME.fullmatch(name) or name.strip(".") == "":
+            return None
         for folder in ("sources", "Sources"):
-            f = p.parent / folder / name
-            if f.is_file():
+            d = p.parent / folder
+            f = d / name
+            if f.is_file() and f.resolve().parent == d.resolve():
+                if f.stat().st_size > limit:
+                    raise InputError(f, f"source file is larger than the limit of {limit // (1024 * 1024)} MB")
                 return f.read_bytes()
         return None
 
-    return xml, beside
+    return xml, beside, None
 
 
 def _pick_qde(names: Sequence[str]) -> str | None:
@@ -240,17 +258,11 @@ def _source_text(el: Any, read: SourceReader, root: Any) -> tuple[str | None, st
     ref = el.get("plainTextPath")
     if not ref:
         return None, "no plainTextPath or PlainTextContent"
-    data: bytes | None = None
-    if ref.startswith("internal://"):
-        data = read(ref[len("internal://") :].lstrip("/"))
-    elif ref.startswith("relative://"):
-        base = root.get("basePath") or ""
-        f = Path(base.replace("\\", "/")) / ref[len("relative://") :].lstrip("/")
-        data = f.read_bytes() if f.is_file() else None
-    elif ref.startswith("absolute://"):
-        rest = ref[len("absolute://") :]  # "/home/x.txt", or "/C:/x.txt" on Windows
-        f = Path(rest[1:] if re.match(r"/[A-Za-z]:", rest) else rest)
-        data = f.read_bytes() if f.is_file() else None
+    if not ref.startswith("internal://"):
+        # relative:// (under basePath) and absolute:// name files on the importer's disk: an imported
+        # project must never make quallm read them, so only the archive's own members are read.
+        return None, f"plain text {ref!r} is outside the project archive, and only its own sources are read"
+    data = read(ref[len("internal://") :].lstrip("/"))
     if data is None:
         return None, f"plain text {ref!r} not found"
     try:
@@ -393,6 +405,7 @@ def read_qdpx(
     path: str | Path,
     transcripts: Sequence[Transcript] | Mapping[str, Transcript] | None = None,
     codebook: Codebook | None = None,
+    limits: ArchiveLimits | None = None,
 ) -> QdpxImport:
     """Codings from a REFI-QDA ``.qdpx`` archive or a bare ``project.qde``, and the problems met.
 
@@ -406,11 +419,30 @@ def read_qdpx(
     that quallm's own notes restore a machine coding's rationale, alignment and confidence; another
     note (or the selection description) becomes the rationale. A coding on a whole source has no span.
 
-    Problems are one line each (``file: problem``). An unreadable file, a zip without ``project.qde``
-    or XML that is not a REFI-QDA project raise :class:`~quallm.errors.InputError`.
+    Only the archive's own members are read, lazily, within ``limits`` (default: from the
+    environment, see :class:`~quallm.exchange.archive.ArchiveLimits`); ``relative://`` and
+    ``absolute://`` paths are never followed (reported as a problem).
+
+    Problems are one line each (``file: problem``). An unreadable file, a zip without ``project.qde``,
+    an archive past its limits (:class:`~quallm.exchange.archive.ArchiveLimitError`) or XML that is
+    not a REFI-QDA project raise :class:`~quallm.errors.InputError`.
     """
     p = Path(path)
-    xml, read = _open_project(p)
+    xml, read, archive = _open_project(p, limits)
+    try:
+        return _read_project(p, xml, read, transcripts, codebook)
+    finally:
+        if archive is not None:
+            archive.close()
+
+
+def _read_project(
+    p: Path,
+    xml: bytes,
+    read: SourceReader,
+    transcripts: Sequence[Transcript] | Mapping[str, Transcript] | None,
+    codebook: Codebook | None,
+) -> QdpxImport:
     root = _parse_project(p, xml)
     by_tid = dict(transcripts) if isinstance(transcripts, Mapping) else {t.id: t for t in transcripts or ()}
     have_transcripts = transcripts is not None
@@ -799,7 +831,9 @@ def validate_project(qde: bytes | str | Path, schema: str | Path) -> list[str]:
     if isinstance(qde, bytes):
         xml = qde
     else:
-        xml, _ = _open_project(Path(qde))
+        xml, _, archive = _open_project(Path(qde))
+        if archive is not None:
+            archive.close()
     xsd = etree.XMLSchema(etree.parse(str(schema)))
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
     try:

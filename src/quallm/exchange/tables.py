@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+from quallm.csvsafe import SafeWriter
 from quallm.rundir import RunDir, atomic_write_text
 
 
@@ -28,12 +30,9 @@ def export_tables(run_dir: str | Path, out_dir: str | Path, fmt: str) -> list[Pa
         atomic_write_text(paths[0], json.dumps(codings, indent=1, ensure_ascii=False) + "\n")
         atomic_write_text(paths[1], json.dumps(summaries, indent=1, ensure_ascii=False) + "\n")
         return paths
-    import csv
-    import io
-
     run.write_outputs(results)  # codings.csv (and summaries.md) in the run itself
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = SafeWriter(buf)  # text cells neutralised against formula injection
     w.writerow(["transcript_id", "section", "code_id", "label", "text", "quote", "start", "end"])
     for r in results:
         if r.summary is None:

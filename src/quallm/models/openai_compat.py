@@ -18,6 +18,7 @@ from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attem
 
 from quallm.errors import ConfigError, ModelError, NetworkDisabledError, TransportError
 from quallm.models.base import ChatRequest, Completion, Message, OutputMode, Usage
+from quallm.redact import register_secret
 from quallm.tokenizers import tokenizer_for_model
 
 # Tests set this to False; a request then fails at once instead of reaching a server by accident.
@@ -69,6 +70,7 @@ class OpenAICompatModel:
         import openai
 
         key = os.environ.get(api_key_env)
+        register_secret(key)  # whatever quallm writes from now on is redacted of it
         host = urlparse(base_url).hostname if base_url else "api.openai.com"
         if not key:
             if host in _LOCAL_HOSTS or (base_url and not base_url.startswith("https://api.openai.com")):

@@ -34,6 +34,9 @@ INVENTED_QUOTE = "Purple elephants negotiated the xylophone treaty on Neptune la
 TRANSPORT_FAULTS = ("429", "500", "hang", "drop")
 CONTENT_FAULTS = ("invalid_json", "length", "bad_quote", "schema_invalid")
 ALL_FAULTS = TRANSPORT_FAULTS + CONTENT_FAULTS
+# Not in the random mix (a 401 is final, not retried): a 401 whose body echoes the request's
+# Authorization header, as some servers and proxies do.
+AUTH_FAULTS = ("echo_auth",)
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Faults:
     drop: int = 0
     bad_quote: int = 0
     schema_invalid: int = 0
+    echo_auth: int = 0
     pause_after: int | None = None
     mix_rate: float = 0.0
     mix_seed: int = 0
@@ -371,12 +375,20 @@ class OpenAITestServer:
                 h.drop()
                 return
         with self.state.lock:
-            fault = f.pick(TRANSPORT_FAULTS)
+            fault = f.pick(AUTH_FAULTS) or f.pick(TRANSPORT_FAULTS)
             entry.fault = fault
             if fault:
                 self.state.faults_served[fault] += 1
         if f.latency and self._stopping.wait(f.latency):
             h.drop()
+            return
+        if fault == "echo_auth":
+            entry.status = 401
+            auth = h.headers.get("Authorization", "")
+            key = auth.removeprefix("Bearer ")
+            h._send(401, {"error": {"message": f"Incorrect API key provided: {key}. Header: Authorization: {auth}",
+                                    "type": "invalid_request_error", "code": "invalid_api_key",
+                                    "headers": {"Authorization": auth}}})
             return
         if fault == "429":
             entry.status = 429

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import csv
+import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from quallm.csvsafe import SafeDictReader
 from quallm.errors import InputError, QuallmError
 from quallm.transcripts.decode import read_text
 from quallm.transcripts.model import Transcript, Turn
@@ -63,7 +64,7 @@ def load_metadata(path: str | Path) -> dict[str, dict[str, str]]:
     """A metadata sidecar CSV: ``transcript_id`` plus any columns -> {transcript_id: {column: value}}."""
     p = Path(path)
     text, _ = read_text(p)
-    rows = list(csv.DictReader(text.splitlines()))
+    rows = list(SafeDictReader(io.StringIO(text)))  # takes off the ' quallm puts before formulas
     if not rows or "transcript_id" not in rows[0]:
         raise InputError(p, "metadata CSV needs a 'transcript_id' column")
     out: dict[str, dict[str, str]] = {}

@@ -163,6 +163,16 @@ def read_docx_text(path: Path) -> str:
     import docx  # python-docx; imported here because only .docx needs it
     from docx.opc.exceptions import PackageNotFoundError
 
+    from quallm.exchange.archive import ArchiveLimitError, SafeArchive
+
+    # python-docx inflates every part of the package: first make sure that stays within the caps.
+    try:
+        with SafeArchive(path) as archive:
+            archive.check()
+    except ArchiveLimitError:
+        raise
+    except InputError as exc:
+        raise InputError(path, f"not a readable Word document ({exc.problem})") from exc
     try:
         document = docx.Document(str(path))
     except (PackageNotFoundError, KeyError, ValueError, OSError) as exc:
