@@ -30,9 +30,9 @@ from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs
 from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper, Usage
 from quallm.models.openai_compat import chat_body
 from quallm.redact import redact
-from quallm.rundir import RunDir, atomic_write_text, now_iso
+from quallm.rundir import RunDir, atomic_write_text, locked, now_iso
 from quallm.runner import Progress, RunReport, run_extraction
-from quallm.transcripts import expand_paths, load_metadata, load_transcript
+from quallm.transcripts import InputOptions, expand_paths, load_metadata, load_transcript
 from quallm.transcripts.model import Transcript
 
 if TYPE_CHECKING:
@@ -343,10 +343,11 @@ def _pending_transcripts(
     run: RunDir,
     options: ExtractOptions,
     metadata_path: str | Path | None,
+    input_options: InputOptions | None = None,
 ) -> list[Transcript]:
     metadata = load_metadata(metadata_path) if metadata_path else {}
     out = []
-    for p in expand_paths(inputs):
+    for p in expand_paths(inputs, input_options):
         try:
             t = load_transcript(p, metadata.get(p.stem))
         except QuallmError:
@@ -375,6 +376,7 @@ def run_batch_extraction(
     codebook_path: str | Path | None = None,
     model_info: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    input_options: InputOptions | None = None,
 ) -> BatchRunResult:
     """Code ``inputs`` with the unit requests sent as one Batch API job, resumably.
 
@@ -387,6 +389,46 @@ def run_batch_extraction(
     # No packing: each batch line is one transcript's chunk, so the lines and the pipeline's requests
     # match one to one (the Batch API's discount already halves the price).
     opts = (options or ExtractOptions()).model_copy(update={"pack": False})
+    with locked(out):
+        return _run_batch_extraction(
+            inputs,
+            codebook,
+            model,
+            out,
+            opts,
+            fallback=fallback,
+            wait=wait,
+            poll_interval=poll_interval,
+            poll_timeout=poll_timeout,
+            sleep=sleep,
+            on_poll=on_poll,
+            metadata_path=metadata_path,
+            codebook_path=codebook_path,
+            model_info=model_info,
+            progress=progress,
+            input_options=input_options,
+        )
+
+
+def _run_batch_extraction(
+    inputs: Sequence[str | Path],
+    codebook: Codebook,
+    model: OpenAICompatModel,
+    out: str | Path,
+    opts: ExtractOptions,
+    *,
+    fallback: ChatModel | None,
+    wait: bool,
+    poll_interval: float,
+    poll_timeout: float | None,
+    sleep: Callable[[float], None],
+    on_poll: Callable[[BatchInfo], None] | None,
+    metadata_path: str | Path | None,
+    codebook_path: str | Path | None,
+    model_info: dict[str, Any] | None,
+    progress: Progress | None,
+    input_options: InputOptions | None,
+) -> BatchRunResult:
     run = RunDir(out)
     run.prepare()
     info = BatchInfo.load(run.path)
@@ -398,7 +440,7 @@ def run_batch_extraction(
             f"not {model.name} at {model.endpoint}"
         )
     if info is None:
-        pending = _pending_transcripts(inputs, codebook, model, run, opts, metadata_path)
+        pending = _pending_transcripts(inputs, codebook, model, run, opts, metadata_path, input_options)
         done = read_answers(run.path)
         requests = [r for r in collect_unit_requests(Extractor(model, codebook, opts), pending) if r.key() not in done]
         if requests:
@@ -425,6 +467,7 @@ def run_batch_extraction(
         codebook_path=codebook_path,
         model_info={**(model_info or {}), **batch_facts},
         progress=progress,
+        input_options=input_options,
     )
     return BatchRunResult(
         status="finished",

@@ -11,12 +11,14 @@ concurrent processes can share one file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -121,47 +123,119 @@ def worth_caching(request: ChatRequest, completion: Completion) -> bool:
     return conforms(value, request.json_schema)
 
 
-class ResponseCache:
-    """SQLite store of completions by request key; safe across threads and processes."""
+_T = TypeVar("_T")
 
-    def __init__(self, path: str | Path | None = None) -> None:
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """Damage to the file itself (bad pages, truncation, not a database), as opposed to a busy or full disk."""
+    name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return True
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+class ResponseCache:
+    """SQLite store of completions by request key; safe across threads and processes.
+
+    A damaged cache file (corrupt pages, truncated, not a database), met at open or mid-run, is
+    moved aside to ``<name>.corrupt-<time>`` with a warning (in :attr:`warnings`, and passed to
+    ``on_warning``) and the run goes on with a fresh, empty cache; ``discard_corrupt`` deletes it instead.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        on_warning: Callable[[str], None] | None = None,
+        discard_corrupt: bool = False,
+    ) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"{self.path}: cannot create the cache folder ({exc.strerror})") from exc
+        self.warnings: list[str] = []
+        self._on_warning = on_warning
+        self._discard_corrupt = discard_corrupt
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._generation = 0  # bumped when a damaged file is replaced; older connections are dropped
         self._hits = self._misses = self._stored = 0
         self._connections: list[sqlite3.Connection] = []
-        self._conn().execute(_SCHEMA)
+        self._guarded(lambda conn: None)  # open now, so a bad path or a damaged file shows at once
 
     def _conn(self) -> sqlite3.Connection:
         # One connection per thread: sqlite3 connections must not be shared between threads.
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-                conn.execute("PRAGMA synchronous=NORMAL")  # durable at each commit in WAL mode, and fast
-            except sqlite3.Error as exc:
-                raise ConfigError(f"{self.path}: cannot open the response cache ({exc})") from exc
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+        held: tuple[int, sqlite3.Connection] | None = getattr(self._local, "conn", None)
+        if held is not None and held[0] == self._generation:
+            return held[1]
+        generation = self._generation
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        with self._lock:
+            self._connections.append(conn)
+        conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        conn.execute("PRAGMA synchronous=NORMAL")  # durable at each commit in WAL mode, and fast
+        conn.execute(_SCHEMA)
+        self._local.conn = (generation, conn)
         return conn
+
+    def _guarded(self, op: Callable[[sqlite3.Connection], _T], *, discard: bool = False) -> _T:
+        """Run ``op`` on this thread's connection; a damaged file is replaced once and ``op`` retried."""
+        for attempt in (1, 2):
+            generation = self._generation
+            try:
+                return op(self._conn())
+            except sqlite3.DatabaseError as exc:
+                if generation != self._generation:
+                    continue  # another thread replaced the file under this connection: retry on a new one
+                if attempt == 1 and _is_corruption(exc):
+                    self._replace_damaged(exc, generation, discard=discard or self._discard_corrupt)
+                    continue
+                raise ConfigError(f"{self.path}: the response cache cannot be used ({exc})") from exc
+        raise ConfigError(f"{self.path}: the response cache cannot be used")
+
+    def _replace_damaged(self, exc: sqlite3.DatabaseError, generation: int, *, discard: bool) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return
+            conns, self._connections = self._connections, []
+            for c in conns:
+                with contextlib.suppress(sqlite3.Error):
+                    c.close()
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for f in self._files():
+                if not f.exists():
+                    continue
+                if discard:
+                    f.unlink()
+                else:  # the -wal and -shm files go too: a stale WAL would be replayed into the new file
+                    f.replace(f.with_name(f"{f.name}.corrupt-{stamp}"))
+            self._generation += 1
+        where = "deleted it" if discard else f"moved it aside to {self.path.name}.corrupt-{stamp}"
+        message = f"{self.path}: the response cache is damaged ({exc}); {where} and started an empty cache"
+        self.warnings.append(message)
+        if self._on_warning is not None:
+            self._on_warning(message)
 
     def get(self, request: ChatRequest) -> Completion | None:
         """The cached completion for this request (marked ``cached=True``), or None."""
-        row = self._conn().execute("SELECT completion FROM responses WHERE key = ?", (request.key(),)).fetchone()
+        key = request.key()
+        row = self._guarded(
+            lambda conn: conn.execute("SELECT completion FROM responses WHERE key = ?", (key,)).fetchone()
+        )
+        hit: Completion | None = None
+        if row is not None:
+            try:
+                hit = Completion.model_validate({**json.loads(row[0]), "cached": True})
+            except ValueError:  # a garbled entry is a miss: the request is asked afresh and stored again
+                hit = None
         with self._lock:
-            if row is None:
+            if hit is None:
                 self._misses += 1
             else:
                 self._hits += 1
-        if row is None:
-            return None
-        return Completion.model_validate({**json.loads(row[0]), "cached": True})
+        return hit
 
     def put(self, request: ChatRequest, completion: Completion) -> bool:
         """Store the completion if it is worth reusing; returns whether it was stored."""
@@ -169,9 +243,12 @@ class ResponseCache:
             return False
         # An answer that echoes a key is stored without it (it is then also what a later run gets).
         blob = json.dumps(redact_value(completion.model_dump(mode="json", exclude={"cached"})))
-        self._conn().execute(
-            "INSERT OR REPLACE INTO responses (key, model, prompt_id, completion, created) VALUES (?, ?, ?, ?, ?)",
-            (request.key(), request.model, request.prompt_id, blob, time.time()),
+        row = (request.key(), request.model, request.prompt_id, blob, time.time())
+        self._guarded(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO responses (key, model, prompt_id, completion, created) VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
         )
         with self._lock:
             self._stored += 1
@@ -179,7 +256,7 @@ class ResponseCache:
 
     def stats(self) -> CacheStats:
         """Entries and size on disk; hits, misses and stores in this process."""
-        (entries,) = self._conn().execute("SELECT COUNT(*) FROM responses").fetchone()
+        (entries,) = self._guarded(lambda conn: conn.execute("SELECT COUNT(*) FROM responses").fetchone())
         size = sum(p.stat().st_size for p in self._files() if p.exists())
         with self._lock:
             return CacheStats(
@@ -192,13 +269,20 @@ class ResponseCache:
             )
 
     def clear(self) -> int:
-        """Delete every entry; returns how many there were."""
-        conn = self._conn()
-        (n,) = conn.execute("SELECT COUNT(*) FROM responses").fetchone()
-        conn.execute("DELETE FROM responses")
-        conn.execute("VACUUM")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return int(n)
+        """Delete every entry (a damaged file is deleted whole), and any damaged copies moved aside earlier;
+        returns how many entries there were."""
+
+        def wipe(conn: sqlite3.Connection) -> int:
+            (n,) = conn.execute("SELECT COUNT(*) FROM responses").fetchone()
+            conn.execute("DELETE FROM responses")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return int(n)
+
+        n = self._guarded(wipe, discard=True)
+        for aside in self.path.parent.glob(f"{self.path.name}*.corrupt-*"):
+            aside.unlink(missing_ok=True)
+        return n
 
     def close(self) -> None:
         """Close every connection this cache opened."""

@@ -12,10 +12,12 @@ from typing import Annotated, Any, Literal, cast
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from quallm.errors import QuallmError
 from quallm.extract import LOCAL_CHUNK_TOKENS, REMOTE_CHUNK_TOKENS
 from quallm.runner import Progress as RunProgress
+from quallm.transcripts import DEFAULT_MAX_FILE_MB
 
 app = typer.Typer(
     name="quallm",
@@ -25,12 +27,19 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, soft_wrap=True)
-out_console = Console(soft_wrap=True)
+# markup=False everywhere: messages carry file names, quotes and commands such as
+# pip install 'quallm[discover]', which rich would otherwise read as markup and mangle or drop.
+console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+out_console = Console(soft_wrap=True, markup=False, highlight=False)
+
+
+def _say(label: str, style: str, message: str, target: Console | None = None) -> None:
+    """One line: a coloured label, then the message exactly as it is."""
+    (target or console).print(Text.assemble((label, style), " ", message))
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    _say("error:", "red", message)
     raise typer.Exit(code)
 
 
@@ -74,6 +83,27 @@ RpmOpt = Annotated[int | None, typer.Option("--rpm", min=1, help="At most this m
 TpmOpt = Annotated[
     int | None, typer.Option("--tpm", min=1, help="At most this many tokens per minute (prompt + max completion).")
 ]
+FollowLinksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow-symlinks",
+        help="Read links inside a transcript folder that point outside it (skipped with a warning by default).",
+    ),
+]
+MaxFileOpt = Annotated[
+    float,
+    typer.Option("--max-file-mb", min=0.0, help="Refuse transcript files larger than this many MB (0: no limit)."),
+]
+
+
+def _input_options(follow_symlinks: bool, max_file_mb: float) -> Any:
+    from quallm.transcripts import InputOptions
+
+    return InputOptions(follow_symlinks=follow_symlinks, max_file_mb=max_file_mb or None)
+
+
+def _cache_warning(message: str) -> None:
+    _say("warning:", "yellow", message)
 
 
 class _RichProgress(RunProgress):
@@ -123,15 +153,15 @@ def _interruptible() -> Iterator[tuple[Progress, dict[str, bool]]]:
         if stop["flag"]:
             raise KeyboardInterrupt
         stop["flag"] = True
-        console.print("[yellow]Stopping after the current transcript (Ctrl-C again to stop now)...[/yellow]")
+        console.print(Text("Stopping after the current transcript (Ctrl-C again to stop now)...", style="yellow"))
 
     old = signal.signal(signal.SIGINT, on_sigint)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
             yield progress, stop
     except KeyboardInterrupt:
-        console.print("[yellow]Interrupted.[/yellow] Finished transcripts are saved; run the same command to resume.")
+        _say("Interrupted.", "yellow", "Finished transcripts are saved; run the same command to resume.")
         raise typer.Exit(130) from None
     except QuallmError as exc:
         _fail(str(exc))
@@ -183,7 +213,7 @@ def build_model(
         chat = RateLimitedModel(chat, rpm, tpm)  # inside the cache: cached answers never wait
         info["rate_limits"] = {"requests_per_minute": rpm, "tokens_per_minute": tpm}
     if use_cache:
-        chat = CachedModel(chat, ResponseCache(cache))
+        chat = CachedModel(chat, ResponseCache(cache, on_warning=_cache_warning))
         info["cache"] = str(chat.cache.path)
     if record is not None:
         chat = RecordingModel(chat, record)
@@ -242,6 +272,8 @@ def extract(
     poll_interval: Annotated[
         float, typer.Option("--poll-interval", help="With --batch --wait: seconds between polls.")
     ] = 60.0,
+    follow_symlinks: FollowLinksOpt = False,
+    max_file_mb: MaxFileOpt = DEFAULT_MAX_FILE_MB,
 ) -> None:
     """Code transcripts against a codebook: challenges and enablers with grounded quotes, and summaries.
 
@@ -286,6 +318,7 @@ def extract(
                 wait,
                 poll_interval,
                 tracker,
+                _input_options(follow_symlinks, max_file_mb),
             )
             if report is None:
                 return
@@ -301,13 +334,14 @@ def extract(
                 model_info=info,
                 progress=tracker,
                 should_stop=lambda: stop["flag"],
+                input_options=_input_options(follow_symlinks, max_file_mb),
             )
     for line in report.errors:
-        console.print(f"[red]error:[/red] {line}", highlight=False)
+        _say("error:", "red", f"{line}")
     for line in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+        _say("warning:", "yellow", f"{line}")
     for tid in report.incomplete:
-        console.print(f"[red]incomplete:[/red] {tid} (see {out / 'results' / (tid + '.json')})", highlight=False)
+        _say("incomplete:", "red", f"{tid} (see {out / 'results' / (tid + '.json')})")
     out_console.print(
         f"{len(report.done)} coded, {len(report.skipped)} already done, {len(report.incomplete)} incomplete, "
         f"{len(report.errors)} unreadable; {report.codings} codings, {report.ungrounded} ungrounded quotes dropped."
@@ -332,6 +366,7 @@ def _run_batch(
     wait: bool,
     poll_interval: float,
     progress: Any,
+    input_options: Any = None,
 ) -> Any:
     """Submit or collect an OpenAI Batch API job; None while it is still pending."""
     from quallm.batch_api import run_batch_extraction
@@ -352,6 +387,7 @@ def _run_batch(
         codebook_path=codebook,
         model_info=info,
         progress=progress,
+        input_options=input_options,
     )
     if res.status == "pending":
         batch_id = res.batch.batch_id if res.batch else "?"
@@ -376,23 +412,28 @@ def estimate(
     prices: Annotated[
         Path | None, typer.Option("--prices", help="JSON/YAML price table overriding the shipped one.")
     ] = None,
+    follow_symlinks: FollowLinksOpt = False,
+    max_file_mb: MaxFileOpt = DEFAULT_MAX_FILE_MB,
 ) -> None:
     """Chunks, prompt and expected completion tokens, and cost of a job, without calling any model."""
     from quallm.codebook import Codebook
     from quallm.estimate import estimate as do_estimate
     from quallm.extract import ExtractOptions
-    from quallm.transcripts import Transcript, load_transcripts
+    from quallm.transcripts import Transcript, gather_inputs, load_transcripts
 
     if strategy not in ("turn", "chunk"):
         _fail(f"--strategy must be turn or chunk, not {strategy!r}")
     try:
         cb = Codebook.load(codebook)
         loaded = []
-        for t in load_transcripts(transcripts):
+        inputs = _input_options(follow_symlinks, max_file_mb)
+        for w in gather_inputs(transcripts, inputs).warnings:
+            _say("warning:", "yellow", w)
+        for t in load_transcripts(transcripts, options=inputs):
             if isinstance(t, Transcript):
                 loaded.append(t)
             else:
-                console.print(f"[red]error:[/red] {t}", highlight=False)
+                _say("error:", "red", f"{t}")
         options = ExtractOptions(strategy=cast(Literal["turn", "chunk"], strategy), chunk_tokens=chunk_tokens)
         est = do_estimate(loaded, cb, model, options, prices)
     except QuallmError as exc:
@@ -413,7 +454,7 @@ def cache_stats(
     from quallm.cache import ResponseCache
 
     try:
-        out_console.print(ResponseCache(path).stats().model_dump_json(indent=2))
+        out_console.print(ResponseCache(path, on_warning=_cache_warning).stats().model_dump_json(indent=2))
     except QuallmError as exc:
         _fail(str(exc))
 
@@ -426,7 +467,7 @@ def cache_clear(
     from quallm.cache import ResponseCache
 
     try:
-        c = ResponseCache(path)
+        c = ResponseCache(path, on_warning=_cache_warning, discard_corrupt=True)
         c.clear()
         out_console.print(f"Cleared {c.path}")
     except QuallmError as exc:
@@ -462,7 +503,7 @@ def _print_agreement(report: Any) -> None:
                 ),
             )
     # A table this wide is unreadable wrapped at 80 columns when the output is piped or logged.
-    (out_console if out_console.is_terminal else Console(width=180)).print(table)
+    (out_console if out_console.is_terminal else Console(width=180, markup=False, highlight=False)).print(table)
     if report.group is not None:
         g = report.group.micro
         out_console.print(
@@ -506,6 +547,8 @@ def reconcile(
     ] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default: RUN_DIR or '.').")] = None,
+    follow_symlinks: FollowLinksOpt = False,
+    max_file_mb: MaxFileOpt = DEFAULT_MAX_FILE_MB,
 ) -> None:
     """Agreement between machine and human coding (kappa, alpha, AC1, P/R/F1) and the disagreements.
 
@@ -549,14 +592,15 @@ def reconcile(
                 n_boot=bootstrap,
                 seed=seed,
                 out_dir=where,
+                input_options=_input_options(follow_symlinks, max_file_mb),
             )
     except QuallmError as exc:
         _fail(str(exc))
         return
     for line in problems:
-        console.print(f"[yellow]problem:[/yellow] {line}", highlight=False)
+        _say("problem:", "yellow", f"{line}")
     for line in report.issues:
-        console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
+        _say("note:", "yellow", f"{line}")
     _print_agreement(report)
     out_console.print(
         f"{len(report.disagreements)} disagreements. Written: {where}/agreement.json, agreement.csv, "
@@ -629,6 +673,8 @@ def discover(
     no_cache: NoCacheOpt = False,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
+    follow_symlinks: FollowLinksOpt = False,
+    max_file_mb: MaxFileOpt = DEFAULT_MAX_FILE_MB,
 ) -> None:
     """Find challenges and enablers with no codebook, and draft one: themes with prevalence and quotes.
 
@@ -640,7 +686,9 @@ def discover(
 
     if merge not in ("embedding", "embedding+model"):
         _fail(f"--merge must be embedding or embedding+model, not {merge!r}")
+    embedder = MiniLMEmbedder()
     try:
+        embedder.check()  # before the first model call: a missing embedding model must not waste them
         chat, info, _ = build_model(
             model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache, rpm, tpm
         )
@@ -665,18 +713,21 @@ def discover(
             transcripts,
             chat,
             out,
-            MiniLMEmbedder(),
+            embedder,
             options=options,
             model_info=info,
             progress=_RichProgress(progress),
             should_stop=lambda: stop["flag"],
+            input_options=_input_options(follow_symlinks, max_file_mb),
         )
     for line in report.errors:
-        console.print(f"[red]error:[/red] {line}", highlight=False)
+        _say("error:", "red", f"{line}")
+    for line in report.warnings:
+        _say("warning:", "yellow", f"{line}")
     for line in report.incomplete:
-        console.print(f"[red]incomplete:[/red] {line} (see {out / 'log.jsonl'})", highlight=False)
+        _say("incomplete:", "red", f"{line} (see {out / 'log.jsonl'})")
     for line in report.notes:
-        console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
+        _say("note:", "yellow", f"{line}")
     kinds = {k: sum(t.kind == k for t in report.themes) for k in ("challenge", "enabler")}
     out_console.print(
         f"{report.transcripts} transcripts x {repeats} run(s): {report.candidates} candidate themes -> "
@@ -711,7 +762,7 @@ def synthesise(
         return
     if s.by is not None:
         for line in s.by.cautions:
-            console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
+            _say("note:", "yellow", f"{line}")
     out_console.print("Written: " + ", ".join(str(p) for p in paths))
 
 
@@ -753,7 +804,7 @@ def study_summary_cmd(
     out_console.print("Written: " + ", ".join(str(p) for p in paths))
     if s.failures:
         for f in s.failures:
-            console.print(f"[red]failed:[/red] {f}", highlight=False)
+            _say("failed:", "red", f"{f}")
         raise typer.Exit(1)
 
 
@@ -798,7 +849,7 @@ def export(
                 f"{summary.selections} codings, {summary.notes} notes)"
             )
             for line in summary.skipped:
-                console.print(f"[yellow]skipped:[/yellow] {line}", highlight=False)
+                _say("skipped:", "yellow", f"{line}")
         elif fmt in ("csv", "json"):
             from quallm.exchange.tables import export_tables
 

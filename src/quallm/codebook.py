@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from quallm.errors import CodebookError
+from quallm.errors import CodebookError, InputError
 
 Kind = Literal["challenge", "enabler"]
 
@@ -78,13 +78,19 @@ class Codebook(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> Codebook:
         """Load and validate a YAML (or JSON) codebook; errors name the file and the bad entry."""
+        from quallm.transcripts.decode import read_text  # the one decoder: UTF-8/16 with BOM, cp1252
+
         p = Path(path)
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8-sig"))
-        except OSError as exc:
-            raise CodebookError(f"{p}: cannot read codebook ({exc.strerror or exc})") from exc
+            text, _ = read_text(p)
+        except InputError as exc:
+            raise CodebookError(f"{p}: cannot read codebook ({exc.problem})") from exc
+        try:
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise CodebookError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        except RecursionError as exc:
+            raise CodebookError(f"{p}: not a codebook (YAML nested too deeply)") from exc
         return cls.from_data(data, source=str(p))
 
     @classmethod

@@ -76,6 +76,10 @@ class MiniLMEmbedder:
         self._session: Any = None
         self._tokenizer: Any = None
 
+    def check(self) -> None:
+        """Load the model now, so a missing dependency is reported before any work that needs it later."""
+        self._load()
+
     def _load(self) -> None:
         with self._lock:
             if self._session is not None:

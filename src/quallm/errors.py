@@ -27,6 +27,10 @@ class InputError(QuallmError):
         super().__init__(f"{path}: {problem}")
 
 
+class RunLockedError(QuallmError):
+    """Another quallm process is writing the same run directory."""
+
+
 class CodebookError(ConfigError):
     """A codebook that does not validate; the message points at the bad entry."""
 

@@ -113,7 +113,7 @@ class _Tally:
 
     def add_usage(self, usage: Usage, attempts: int) -> None:
         self.calls += attempts
-        self.reasks += attempts - 1
+        self.reasks += max(attempts - 1, 0)  # 0 attempts: a pack's call counted on another transcript
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
 

@@ -17,7 +17,7 @@ from quallm.codebook import Codebook
 from quallm.codings import Coding
 from quallm.errors import ConfigError, InputError, QuallmError
 from quallm.rundir import RunDir, atomic_write_text
-from quallm.transcripts import expand_paths, load_metadata, load_transcript
+from quallm.transcripts import InputOptions, gather_inputs, load_metadata, load_transcript
 from quallm.transcripts.model import Transcript
 
 
@@ -130,11 +130,13 @@ def reconcile_files(
     n_boot: int = 1000,
     seed: int = 0,
     out_dir: str | Path = ".",
+    input_options: InputOptions | None = None,
 ) -> tuple[AgreementReport, list[str]]:
     """The general form: compare any coding files (two or more coders in all) on the given transcripts."""
     loaded: list[Transcript] = []
-    problems: list[str] = []
-    for p in expand_paths(transcripts):
+    gathered = gather_inputs(transcripts, input_options)
+    problems: list[str] = [*gathered.warnings, *(str(e) for e in gathered.errors)]
+    for p in gathered.paths:
         try:
             loaded.append(load_transcript(p))
         except QuallmError as exc:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from typing import Any, TextIO
 
 from quallm.codebook import Codebook
 from quallm.csvsafe import SafeWriter
-from quallm.errors import InputError
+from quallm.errors import InputError, RunLockedError
 from quallm.redact import redact_value
 from quallm.results import TranscriptResult
 
@@ -45,6 +47,81 @@ def atomic_write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+LOCK_FILE = ".quallm.lock"
+_held: dict[str, int] = {}  # run directories this process holds, with how many holders (re-entrant)
+_held_guard = threading.Lock()
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold an OS file lock on the run directory ``path`` for the block; refuse if another process holds it.
+
+    The lock belongs to the open file, so the OS releases it when the process ends however it ends
+    (kill -9 included): a stale lock file never blocks a later run. Re-entrant within one process.
+    """
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = str(directory.resolve())
+    with _held_guard:
+        if key in _held:
+            _held[key] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    fh = open(directory / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the lock's life
+    try:
+        if not _try_lock(fh):
+            try:
+                fh.seek(0)
+                holder = fh.read().strip()
+            except OSError:  # Windows: the holder's locked byte cannot be read
+                holder = ""
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunLockedError(
+                f"{directory}: another quallm process{who} is using this directory; "
+                "wait for it to finish or choose another --out"
+            )
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        with _held_guard:
+            _held[key] = 1
+        try:
+            yield
+        finally:
+            with _held_guard:
+                del _held[key]
+    finally:
+        fh.close()  # closing the file releases the lock
+
+
+def _try_lock(fh: TextIO) -> bool:
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            fh.seek(0)
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 def now_iso() -> str:

@@ -12,15 +12,15 @@ from typing import Any
 
 from quallm import __version__
 from quallm.codebook import Codebook
-from quallm.errors import QuallmError
+from quallm.errors import InputError, QuallmError
 from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs
 from quallm.hashing import sha256_file
 from quallm.models.base import ChatModel
 from quallm.models.limits import LimitedModel
 from quallm.prompting import load_prompt
 from quallm.results import TranscriptResult
-from quallm.rundir import RunDir, now_iso
-from quallm.transcripts import expand_paths, load_metadata, load_transcript
+from quallm.rundir import RunDir, locked, now_iso
+from quallm.transcripts import InputOptions, gather_inputs, load_metadata, load_transcript, nothing_to_code
 
 
 @dataclass
@@ -71,12 +71,44 @@ def run_extraction(
     model_info: dict[str, Any] | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    input_options: InputOptions | None = None,
 ) -> RunReport:
     """Code every transcript in ``inputs`` into the run directory ``out``.
 
     Finished transcripts whose fingerprint matches are skipped; each result is saved the moment it is
-    done. Bad files are reported (one line each) and the batch goes on.
+    done. Bad files are reported (one line each) and the batch goes on. The run directory is locked
+    for the run: a second process on the same ``out`` gets :class:`~quallm.errors.RunLockedError`.
     """
+    with locked(out):
+        return _run_extraction(
+            inputs,
+            codebook,
+            model,
+            out,
+            options=options,
+            metadata_path=metadata_path,
+            codebook_path=codebook_path,
+            model_info=model_info,
+            progress=progress,
+            should_stop=should_stop,
+            input_options=input_options,
+        )
+
+
+def _run_extraction(
+    inputs: Sequence[str | Path],
+    codebook: Codebook,
+    model: ChatModel,
+    out: str | Path,
+    *,
+    options: ExtractOptions | None,
+    metadata_path: str | Path | None,
+    codebook_path: str | Path | None,
+    model_info: dict[str, Any] | None,
+    progress: Progress | None,
+    should_stop: Callable[[], bool] | None,
+    input_options: InputOptions | None,
+) -> RunReport:
     opts = options or ExtractOptions()
     prog = progress or Progress()
     run = RunDir(out)
@@ -84,7 +116,8 @@ def run_extraction(
     report = RunReport(out=run.path)
     metadata = load_metadata(metadata_path) if metadata_path else {}
     extractor = Extractor(LimitedModel(model, opts.concurrency) if opts.concurrency > 1 else model, codebook, opts)
-    paths = expand_paths(inputs)
+    gathered = gather_inputs(inputs, input_options)
+    paths = gathered.paths
     started = now_iso()
     manifest: dict[str, Any] = {
         "quallm_version": __version__,
@@ -113,8 +146,20 @@ def run_extraction(
         "inputs": [],
     }
     run.write_manifest(manifest)
-    prog.start(len(paths))
-    inputs_info = []
+    prog.start(len(paths) + len(gathered.errors))
+    inputs_info: list[dict[str, Any]] = []
+
+    def refuse(file: str, exc: QuallmError) -> None:
+        report.errors.append(str(exc))
+        run.log("input_error", file=file, message=str(exc))
+        inputs_info.append({"file": file, "error": str(exc)})
+        prog.transcript_done(None)
+
+    for w in gathered.warnings:
+        report.warnings.append(w)
+        run.log("warning", message=w)
+    for err in gathered.errors:
+        refuse(err.path, err)
     loaded: list[Path] = []  # paths, not transcripts: memory stays flat in the number of inputs
     sizes: list[int | None] = []  # for packing short transcripts into shared requests (chunk strategy)
     finished: set[str] = set()  # transcripts already done in an earlier run (by path)
@@ -123,14 +168,17 @@ def run_extraction(
             break
         try:
             transcript = load_transcript(p, metadata.get(p.stem))
+            size = extractor.pack_size(transcript)
+            digest = sha256_file(p)
         except QuallmError as exc:
-            report.errors.append(str(exc))
-            run.log("input_error", file=str(p), message=str(exc))
-            inputs_info.append({"file": str(p), "error": str(exc)})
-            prog.transcript_done(None)
+            refuse(str(p), exc)
             continue
-        inputs_info.append({"file": str(p), "transcript_id": transcript.id, "sha256": sha256_file(p)})
-        for w in transcript.warnings:
+        except Exception as exc:  # a surprise in one file is that file's error line, never the batch's end
+            refuse(str(p), InputError(p, f"cannot read ({type(exc).__name__}: {exc})"))
+            continue
+        inputs_info.append({"file": str(p), "transcript_id": transcript.id, "sha256": digest})
+        empty = nothing_to_code(transcript, opts.coded_speakers)
+        for w in (*transcript.warnings, *([empty] if empty else [])):
             report.warnings.append(w)
             run.log("warning", transcript_id=transcript.id, message=w)
         previous = run.load_result(transcript.id)
@@ -139,7 +187,7 @@ def run_extraction(
             prog.transcript_done(previous, skipped=True)
             finished.add(str(p))
         loaded.append(p)
-        sizes.append(extractor.pack_size(transcript))
+        sizes.append(size)
     # Packs are planned over every input, finished or not, so a resumed run sends the very requests
     # the first run sent (answered from the cache) rather than new packs of what is left.
     jobs = [
@@ -195,7 +243,7 @@ def run_extraction(
         finished=now_iso(),
         inputs=inputs_info,
         counts={
-            "inputs": len(paths),
+            "inputs": len(paths) + len(gathered.errors),
             "transcripts_done": len(report.done),
             "transcripts_skipped_already_done": len(report.skipped),
             "transcripts_incomplete": len(report.incomplete),

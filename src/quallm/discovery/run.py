@@ -20,13 +20,13 @@ from quallm.discovery.consolidate import Theme, consolidate
 from quallm.discovery.merge import model_grouper
 from quallm.discovery.outputs import draft_codebook, draft_yaml, in_codebook, render_themes_md
 from quallm.embeddings import Embedder
-from quallm.errors import QuallmError
+from quallm.errors import InputError, QuallmError
 from quallm.models.base import ChatModel
 from quallm.models.limits import LimitedModel
 from quallm.prompting import load_prompt
-from quallm.rundir import RunDir, atomic_write_text, now_iso
+from quallm.rundir import RunDir, atomic_write_text, locked, now_iso
 from quallm.runner import Progress
-from quallm.transcripts import expand_paths, load_transcript
+from quallm.transcripts import InputOptions, gather_inputs, load_transcript, nothing_to_code
 from quallm.transcripts.model import Transcript
 
 _PROMPTS = ("discover_chunk", "discover_merge")
@@ -46,6 +46,7 @@ class DiscoveryReport:
     incomplete: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -106,13 +107,41 @@ def run_discovery(
     model_info: dict[str, Any] | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    input_options: InputOptions | None = None,
 ) -> DiscoveryReport:
     """Discover themes in ``inputs``: candidates per chunk (saved as they finish), then consolidation.
 
     Re-running the same command skips transcripts whose candidates are saved with a matching
     fingerprint, and the response cache answers any chunk already answered, so a killed run loses
-    nothing. Consolidation is recomputed each time from everything saved.
+    nothing. Consolidation is recomputed each time from everything saved. The directory is locked
+    for the run, as :func:`~quallm.runner.run_extraction` locks its own.
     """
+    with locked(out):
+        return _run_discovery(
+            inputs,
+            model,
+            out,
+            embedder,
+            options=options,
+            model_info=model_info,
+            progress=progress,
+            should_stop=should_stop,
+            input_options=input_options,
+        )
+
+
+def _run_discovery(
+    inputs: Sequence[str | Path],
+    model: ChatModel,
+    out: str | Path,
+    embedder: Embedder,
+    *,
+    options: DiscoverOptions | None,
+    model_info: dict[str, Any] | None,
+    progress: Progress | None,
+    should_stop: Callable[[], bool] | None,
+    input_options: InputOptions | None,
+) -> DiscoveryReport:
     opts = options or DiscoverOptions()
     prog = progress or Progress()
     run = DiscoveryDir(out)
@@ -135,21 +164,38 @@ def run_discovery(
         "inputs": [],
     }
     run.write_manifest(manifest)
-    paths = expand_paths(inputs)
-    prog.start(len(paths) * opts.repeats)
+    gathered = gather_inputs(inputs, input_options)
+    paths = gathered.paths
+    prog.start((len(paths) + len(gathered.errors)) * opts.repeats)
     inputs_info: list[dict[str, Any]] = []
     loaded: list[Transcript] = []
+
+    def refuse(file: str, exc: QuallmError) -> None:
+        report.errors.append(str(exc))
+        run.log("input_error", file=file, message=str(exc))
+        inputs_info.append({"file": file, "error": str(exc)})
+        for _ in range(opts.repeats):
+            prog.transcript_done(None)
+
+    for w in gathered.warnings:
+        report.warnings.append(w)
+        run.log("warning", message=w)
+    for err in gathered.errors:
+        refuse(err.path, err)
     for p in paths:
         try:
             t = load_transcript(p)
         except QuallmError as exc:
-            report.errors.append(str(exc))
-            run.log("input_error", file=str(p), message=str(exc))
-            inputs_info.append({"file": str(p), "error": str(exc)})
-            for _ in range(opts.repeats):
-                prog.transcript_done(None)
+            refuse(str(p), exc)
+            continue
+        except Exception as exc:  # a surprise in one file is that file's error line, never the batch's end
+            refuse(str(p), InputError(p, f"cannot read ({type(exc).__name__}: {exc})"))
             continue
         inputs_info.append({"file": str(p), "transcript_id": t.id})
+        empty = nothing_to_code(t, opts.coded_speakers)
+        for w in (*t.warnings, *([empty] if empty else [])):
+            report.warnings.append(w)
+            run.log("warning", transcript_id=t.id, message=w)
         loaded.append(t)
     report.transcripts = len(loaded)
 
@@ -240,7 +286,7 @@ def run_discovery(
         finished=now_iso(),
         inputs=inputs_info,
         counts={
-            "inputs": len(paths),
+            "inputs": len(paths) + len(gathered.errors),
             "transcripts": len(loaded),
             "runs_done": report.done,
             "runs_skipped_already_done": report.skipped,

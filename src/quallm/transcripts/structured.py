@@ -97,6 +97,14 @@ def parse_captions(text: str, *, transcript_id: str, source: str, fmt: str, warn
             captions = list(webvtt.from_buffer(io.StringIO(text)).captions)
     except Exception as exc:  # webvtt raises several error types for malformed files
         raise InputError(source, f"not a valid {fmt.upper()} file ({exc})") from exc
+    if fmt == "vtt":
+        bad = _bad_timings(text)
+        if bad and not captions:
+            raise InputError(
+                source, f"no cue has valid timings: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+            )
+        if bad:
+            warnings.append(f"{source}: {len(bad)} cue(s) with malformed timings skipped: {bad[0]}")
     b = _Builder()
     unknown = 0
     for c in captions:
@@ -132,6 +140,20 @@ def _srt_captions(text: str) -> list[_Cue]:
     if not cues:
         raise ValueError("no cues with timings found")
     return cues
+
+
+# As lenient as webvtt-py's own cue timing pattern, so a line flagged here is one it skipped.
+_VTT_TS = r"(?:\d+:)?\d{1,2}:\d{1,2}\.\d{1,3}"
+_VTT_TIMING = re.compile(rf"^\s*{_VTT_TS}\s*-->\s*{_VTT_TS}")
+
+
+def _bad_timings(text: str) -> list[str]:
+    """Cue timing lines WebVTT readers skip silently, as ``line N: '...'`` (so the error says what is wrong)."""
+    return [
+        f"line {n}: malformed timing {line.strip()!r} (expected HH:MM:SS.mmm --> HH:MM:SS.mmm)"
+        for n, line in enumerate(text.split("\n"), start=1)
+        if "-->" in line and line.strip()[:1].isdigit() and not _VTT_TIMING.match(line)
+    ]
 
 
 def _trim_ts(ts: str) -> str:
