@@ -212,6 +212,7 @@
       saved("choose another code, then press Enter", "err");
       return;
     }
+    $("recode-code").blur();  // the keys work again at once
     decideItem("recode", { code_id: code });
   }
 
