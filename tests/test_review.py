@@ -375,3 +375,18 @@ def test_human_csv_import_is_unchanged_by_review_coders(run: Path, tmp_path: Pat
                      encoding="utf-8")
     got, problems = read_human_csv(human, load_run(run).transcripts, None)
     assert problems == [] and got[0].coder == "quallm-ish"
+
+
+def test_cli_reconcile_takes_the_review_without_a_human_file(run: Path) -> None:
+    from typer.testing import CliRunner
+
+    from quallm.cli import app
+
+    s = ReviewSession(run, "ann")
+    s.decide({"action": "reject", "item": item(s, "Money is tight")})
+    s.decide({"action": "reviewed", "transcript_id": "t2"})
+    r = CliRunner().invoke(app, ["reconcile", str(run), "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    assert "reviewed-machine" in r.output and (run / "agreement.json").is_file()
+    r = CliRunner().invoke(app, ["review", "--help"])
+    assert r.exit_code == 0 and "--reviewer" in r.output and "--no-browser" in r.output

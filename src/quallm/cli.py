@@ -509,7 +509,8 @@ def reconcile(
 ) -> None:
     """Agreement between machine and human coding (kappa, alpha, AC1, P/R/F1) and the disagreements.
 
-    Writes agreement.json, agreement.csv, disagreements.csv and disagreements.json.
+    With RUN_DIR, reviewers' codings from 'quallm review' join as reviewed machine codings (never as
+    human coders). Writes agreement.json, agreement.csv, disagreements.csv and disagreements.json.
     """
     from quallm.reconciling import reconcile_files, reconcile_run
 
@@ -519,8 +520,9 @@ def reconcile(
     unit_kind = cast(Literal["turn", "sentence", "transcript"], unit)
     try:
         if run_dir is not None:
-            if not human:
-                _fail("give --human FILE with the human coding to compare the run against")
+            if not human and not (run_dir / "review.jsonl").is_file():
+                _fail("give --human FILE with the human coding to compare the run against "
+                      "(or review the run first: quallm review RUN_DIR)")
             report, problems = reconcile_run(
                 run_dir,
                 human or [],

@@ -196,6 +196,8 @@ def _prepare(
     known_ids = {t.id for t in transcripts}
     if coders is None:
         found = {c.coder for c in codings}
+        # A reviewer who rejected every proposal still coded their transcripts: "nothing applies".
+        found |= {name for name in coverage or {} if is_reviewed_coder(name, reviewed_coders)}
         # Humans first, so that each machine-human pair lists the human (the reference) first; then
         # reviewed machine codings, then machines.
         rev = {c for c in found if is_reviewed_coder(c, reviewed_coders)}
