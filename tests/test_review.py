@@ -59,6 +59,19 @@ def test_log_appends_durably_reports_corrupt_lines_and_never_rewrites(tmp_path: 
     assert "line 2: not a JSON line" in read.problems[0] and "line 4: action" in read.problems[1]
 
 
+def test_a_session_opens_past_corrupt_lines_and_says_so(run: Path) -> None:
+    s = ReviewSession(run, "ann")
+    s.decide({"action": "accept", "item": item(s, "Money is tight")})
+    with open(run / "review.jsonl", "ab") as fh:
+        fh.write(b"\xff\xfe garbage\n")
+    again = ReviewSession(run, "ann")
+    assert again.state.status(item(again, "Money is tight")) == "accepted"
+    info = again.summary()
+    assert info["corrupt_lines"] == 1 and "line 2" in info["log_problems"][0]
+    again.decide({"action": "reviewed", "transcript_id": "t2"})  # appending goes on after the bad line
+    assert [d.action for d in read_log(run / "review.jsonl").decisions] == ["accept", "reviewed"]
+
+
 # --- the session
 
 

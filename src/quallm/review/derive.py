@@ -109,7 +109,7 @@ def state_codings(state: ReviewState) -> list[Coding]:
             transcript_id=ref.transcript_id, coder=coder, code_id=ref.code_id, start=ref.start, end=ref.end,
             turn_index=ref.turn_index, speaker=ref.speaker, quote=ref.quote, alignment="human", rationale=memo,
         ))
-    return sorted(out, key=lambda c: (c.transcript_id, c.start or -1, c.code_id))
+    return sorted(out, key=lambda c: (c.transcript_id, -1 if c.start is None else c.start, c.code_id))
 
 
 def reviewed_codings(run_dir: str | Path, reviewer: str | None = None) -> ReviewedCoding:

@@ -56,8 +56,8 @@ def build_items(results: Iterable[TranscriptResult]) -> list[ReviewItem]:
 
     def order(it: ReviewItem) -> tuple[bool, float, str, int, str]:
         p = it.coding.probability
-        return (p is None, p if p is not None else 0.0, it.coding.transcript_id, it.coding.start or -1,
-                it.coding.code_id)
+        start = it.coding.start if it.coding.start is not None else -1
+        return (p is None, p if p is not None else 0.0, it.coding.transcript_id, start, it.coding.code_id)
 
     return sorted(items, key=order)
 
