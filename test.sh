@@ -9,7 +9,9 @@ VENV=${VENV:-.venv}
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet -e '.[dev,local-small]'
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  # The report's browser test needs headless Chromium; without it that test is skipped and says so.
+  # The report's and the review app's browser tests need headless Chromium (the review test drives it
+  # with the playwright package from the dev extra, never Playwright's own browser download); without
+  # it those tests are skipped and say so.
   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed"
 fi
 "$VENV/bin/ruff" check src tests benchmarks

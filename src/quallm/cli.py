@@ -552,9 +552,10 @@ def reconcile(
 ) -> None:
     """Agreement between machine and human coding (kappa, alpha, AC1, P/R/F1) and the disagreements.
 
-    Writes agreement.json, agreement.csv, disagreements.csv and disagreements.json. A .qdpx is read
-    only from its own members, within QUALLM_ARCHIVE_MAX_MEMBER_MB (default 64) per member and
-    QUALLM_ARCHIVE_MAX_TOTAL_MB (default 256) in all.
+    With RUN_DIR, reviewers' codings from 'quallm review' join as reviewed machine codings (never as
+    human coders). Writes agreement.json, agreement.csv, disagreements.csv and disagreements.json. A
+    .qdpx is read only from its own members, within QUALLM_ARCHIVE_MAX_MEMBER_MB (default 64) per
+    member and QUALLM_ARCHIVE_MAX_TOTAL_MB (default 256) in all.
     """
     from quallm.reconciling import reconcile_files, reconcile_run
 
@@ -564,8 +565,9 @@ def reconcile(
     unit_kind = cast(Literal["turn", "sentence", "transcript"], unit)
     try:
         if run_dir is not None:
-            if not human:
-                _fail("give --human FILE with the human coding to compare the run against")
+            if not human and not (run_dir / "review.jsonl").is_file():
+                _fail("give --human FILE with the human coding to compare the run against "
+                      "(or review the run first: quallm review RUN_DIR)")
             report, problems = reconcile_run(
                 run_dir,
                 human or [],
@@ -859,6 +861,63 @@ def export(
             _fail(f"--format must be qdpx, csv or json, not {fmt!r}")
     except QuallmError as exc:
         _fail(str(exc))
+
+
+# --- review (the browser app) ---
+
+
+@app.command()
+def review(
+    run_dir: RunDirArg,
+    reviewer: Annotated[
+        str | None, typer.Option("--reviewer", help="Your name, recorded with every decision (default: your login).")
+    ] = None,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (default: any free port).")] = 0,
+    host: Annotated[
+        str,
+        typer.Option("--host", help="Address to listen on. Default 127.0.0.1 (this machine only); anything else "
+                     "lets other machines reach the page, still behind the token."),
+    ] = "127.0.0.1",
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the URL but do not open a browser.")] = False,
+) -> None:
+    """Review the machine's codings in the browser: accept, reject, change the code, add what it missed.
+
+    Every decision is appended to RUN_DIR/review.jsonl; reconcile, export and report use it. Stop with Ctrl-C.
+    """
+    import getpass
+    import webbrowser
+
+    try:
+        from quallm.review.server import ReviewServer
+    except ImportError as exc:  # pragma: no cover - starlette/uvicorn are in the main dependencies
+        _fail(f"quallm review needs starlette and uvicorn ({exc})")
+        return
+    try:
+        name = reviewer or getpass.getuser()
+    except (KeyError, OSError):
+        name = "reviewer"
+    try:
+        server = ReviewServer(run_dir, name, host=host, port=port)
+    except QuallmError as exc:
+        _fail(str(exc))
+        return
+    for line in server.session.notices:
+        console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
+    for line in server.session.log_problems:
+        console.print(f"[yellow]skipped:[/yellow] {line}", highlight=False)
+    if server.exposed:
+        console.print(
+            f"[yellow]warning:[/yellow] listening on {host}, not only on this machine: anyone who can reach it "
+            "and has the URL's token can read the transcripts and record decisions.",
+            highlight=False,
+        )
+    n = len(server.session.items)
+    out_console.print(f"Reviewing {n} codings of {len(server.session.transcripts)} transcripts as {name}.")
+    out_console.print(f"Open: {server.url}", highlight=False, soft_wrap=True)
+    out_console.print("Decisions go to " + str(server.session.log.path) + ". Stop with Ctrl-C.")
+    if not no_browser:
+        webbrowser.open(server.url)
+    server.run()
 
 
 # --- model commands (local model) ---

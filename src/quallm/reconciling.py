@@ -23,12 +23,14 @@ from quallm.transcripts.model import Transcript
 
 @dataclass
 class RunInputs:
-    """What a run directory knows: its transcripts, codebook, machine codings and coverage."""
+    """What a run directory knows: its transcripts, codebook, machine codings (and the candidates below
+    the probability threshold, kept for review) and coverage."""
 
     transcripts: list[Transcript]
     codebook: Codebook | None
     codings: list[Coding]
     coverage: dict[str, set[str]] = field(default_factory=dict)
+    candidates: list[Coding] = field(default_factory=list)
 
 
 def load_run(run_dir: str | Path) -> RunInputs:
@@ -48,12 +50,13 @@ def load_run(run_dir: str | Path) -> RunInputs:
     cb_path = (manifest.get("codebook") or {}).get("path")
     codebook = Codebook.load(cb_path) if cb_path and Path(cb_path).is_file() else None
     codings = [c for r in results for c in r.codings]
+    candidates = [c for r in results for c in r.candidates]
     coverage: dict[str, set[str]] = {}
     for r in results:
         if r.complete:  # a finished transcript with no codings is a real "nothing applies", not missing
             for coder in {c.coder for c in r.codings} or {f"quallm ({manifest.get('model', {}).get('name', '')})"}:
                 coverage.setdefault(coder, set()).add(r.transcript_id)
-    return RunInputs(transcripts, codebook, codings, coverage)
+    return RunInputs(transcripts, codebook, codings, coverage, candidates)
 
 
 def load_coding_file(
@@ -84,10 +87,15 @@ def reconcile_run(
     seed: int = 0,
     out_dir: str | Path | None = None,
 ) -> tuple[AgreementReport, list[str]]:
-    """Compare a run's machine codings with human coding files; write the tables into the run.
+    """Compare a run's machine codings with human coding files and reviewed machine codings; write the
+    tables into the run.
 
+    Reviewers' codings (``quallm review``: ``RUN_DIR/review.jsonl``, on the transcripts each marked
+    reviewed) join as their own coders, labelled reviewed machine codings, never as human coders.
     Returns the report and the problems met while importing (one line each).
     """
+    from quallm.review.derive import reviewed_codings
+
     inputs = load_run(run_dir)
     problems: list[str] = []
     human_codings: list[Coding] = []
@@ -95,12 +103,17 @@ def reconcile_run(
         got, probs = load_coding_file(f, inputs.transcripts, inputs.codebook)
         human_codings.extend(got)
         problems.extend(probs)
-    if not human_codings:
-        raise ConfigError("no human codings could be read from: " + ", ".join(str(h) for h in human))
+    reviewed = reviewed_codings(run_dir)
+    problems.extend(reviewed.problems)
+    if not human_codings and not reviewed.codings and not reviewed.coverage:
+        raise ConfigError(
+            "no human codings could be read from: " + (", ".join(str(h) for h in human) or "(no files given)")
+            + "; and no transcript is marked reviewed in review.jsonl"
+        )
     machine = sorted({c.coder for c in inputs.codings} | set(inputs.coverage))
     report = reconcile(
         inputs.transcripts,
-        inputs.codings + human_codings,
+        inputs.codings + human_codings + reviewed.codings,
         inputs.codebook.ids if inputs.codebook else None,
         unit=unit,
         coders=coders,
@@ -108,7 +121,8 @@ def reconcile_run(
         seed=seed,
         min_overlap=min_overlap,
         machine_coders=machine,
-        coverage=_coverage(inputs.coverage, human_codings),
+        coverage={**_coverage(inputs.coverage, human_codings), **reviewed.coverage},
+        reviewed_coders=sorted(reviewed.coverage),
     )
     out = Path(out_dir) if out_dir else Path(run_dir)
     write_agreement(report, out)

@@ -44,6 +44,7 @@ from quallm.agreement.reconcile import (
     PairReport,
     disagreements,
     is_machine_coder,
+    is_reviewed_coder,
     reconcile,
 )
 from quallm.agreement.units import (
@@ -83,6 +84,7 @@ __all__ = [
     "format_value",
     "gwet_ac1",
     "is_machine_coder",
+    "is_reviewed_coder",
     "krippendorff_alpha",
     "locate_quote",
     "mark_units",

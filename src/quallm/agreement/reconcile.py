@@ -28,11 +28,16 @@ from quallm.transcripts.model import Transcript
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
-PairKind = Literal["human-human", "machine-human", "machine-machine"]
+PairKind = Literal[
+    "human-human", "machine-human", "machine-machine", "reviewed-human", "reviewed-machine", "reviewed-reviewed"
+]
 
 POOLED_MICRO = "(micro)"
 POOLED_MACRO = "(macro)"
 MACHINE_PREFIX = "quallm"
+# A reviewed machine coding (quallm.review): anchored on the machine's proposals, never an independent human.
+REVIEWED_PREFIX = "quallm reviewed by "
+REVIEWED_KIND = "reviewed machine coding"
 
 
 class Estimate(BaseModel):
@@ -138,6 +143,7 @@ class AgreementReport(BaseModel):
     coders: list[str]
     machine_coders: list[str]
     reference: str | None
+    reviewed_coders: list[str] = []
     codes: list[str]
     n_transcripts: int
     n_units: int
@@ -148,9 +154,15 @@ class AgreementReport(BaseModel):
     notes: list[str]
 
 
+def is_reviewed_coder(coder: str, reviewed_coders: Collection[str] = ()) -> bool:
+    """A coder is a reviewed machine coding when its name starts with ``quallm reviewed by`` or it is listed."""
+    return coder.startswith(REVIEWED_PREFIX) or coder in reviewed_coders
+
+
 def is_machine_coder(coder: str, machine_coders: Collection[str] = ()) -> bool:
-    """A coder is a machine when its name starts with ``quallm`` or it is listed in ``machine_coders``."""
-    return coder.startswith(MACHINE_PREFIX) or coder in machine_coders
+    """A coder is a machine when its name starts with ``quallm`` or it is listed in ``machine_coders``
+    (a reviewed machine coding is neither machine nor human: see :func:`is_reviewed_coder`)."""
+    return (coder.startswith(MACHINE_PREFIX) or coder in machine_coders) and not is_reviewed_coder(coder)
 
 
 @dataclass
@@ -158,6 +170,7 @@ class _Prepared:
     transcripts: list[Transcript]
     coders: list[str]
     machine: set[str]
+    reviewed: set[str]
     codes: list[str]
     marked: MarkedUnits
     t_of_unit: npt.NDArray[np.int64]
@@ -176,20 +189,26 @@ def _prepare(
     machine_coders: Collection[str],
     speakers: frozenset[str] | None,
     coverage: Mapping[str, Collection[str]] | None,
+    reviewed_coders: Collection[str] = (),
 ) -> _Prepared:
     issues: list[str] = []
     transcripts = list(transcripts)
     known_ids = {t.id for t in transcripts}
     if coders is None:
         found = {c.coder for c in codings}
-        # Humans first, so that each machine-human pair lists the human (the reference) first.
-        coder_list = sorted(c for c in found if not is_machine_coder(c, machine_coders))
-        coder_list += sorted(c for c in found if is_machine_coder(c, machine_coders))
+        # A reviewer who rejected every proposal still coded their transcripts: "nothing applies".
+        found |= {name for name in coverage or {} if is_reviewed_coder(name, reviewed_coders)}
+        # Humans first, so that each machine-human pair lists the human (the reference) first; then
+        # reviewed machine codings, then machines.
+        rev = {c for c in found if is_reviewed_coder(c, reviewed_coders)}
+        mach = {c for c in found - rev if is_machine_coder(c, machine_coders)}
+        coder_list = sorted(found - rev - mach) + sorted(rev) + sorted(mach)
     else:
         coder_list = list(dict.fromkeys(coders))
     if len(coder_list) < 2:
         raise ConfigError(f"agreement needs at least two coders; found {coder_list or 'none'}")
-    machine = {c for c in coder_list if is_machine_coder(c, machine_coders)}
+    reviewed = {c for c in coder_list if is_reviewed_coder(c, reviewed_coders)}
+    machine = {c for c in coder_list if c not in reviewed and is_machine_coder(c, machine_coders)}
     wanted = set(coder_list)
     if codebook_codes is None:
         codes = sorted({c.code_id for c in codings if c.coder in wanted})
@@ -243,7 +262,7 @@ def _prepare(
         cj = np.fromiter((coder_index[h[1].coder] for h in marked.hits), dtype=np.int64, count=len(u))
         ck = np.fromiter((code_index[h[1].code_id] for h in marked.hits), dtype=np.int64, count=len(u))
         x[u, cj, ck] = True
-    return _Prepared(transcripts, coder_list, machine, codes, marked, t_of_unit, has, x, issues)
+    return _Prepared(transcripts, coder_list, machine, reviewed, codes, marked, t_of_unit, has, x, issues)
 
 
 def _per_transcript(values: npt.NDArray[np.generic], t_of_unit: npt.NDArray[np.int64], n_t: int) -> FloatArray:
@@ -336,14 +355,25 @@ def _rng(seed: int, label: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
 
 
-def _pair_kind(a: str, b: str, machine: set[str]) -> PairKind:
+def _pair_kind(a: str, b: str, machine: Collection[str], reviewed: Collection[str] = ()) -> PairKind:
+    r = (a in reviewed) + (b in reviewed)
+    if r:
+        other = b if a in reviewed else a
+        return "reviewed-reviewed" if r == 2 else "reviewed-machine" if other in machine else "reviewed-human"
     n = (a in machine) + (b in machine)
     return "human-human" if n == 0 else "machine-human" if n == 1 else "machine-machine"
 
 
-def _orient(a: str, b: str, machine: set[str], reference: str | None) -> tuple[str, str]:
-    """(reference, other): the named reference, else the human of a machine-human pair, else as listed."""
-    if b == reference or (reference not in (a, b) and a in machine and b not in machine):
+def _rank(c: str, machine: Collection[str], reviewed: Collection[str]) -> int:
+    return 2 if c in machine else 1 if c in reviewed else 0
+
+
+def _orient(
+    a: str, b: str, machine: Collection[str], reference: str | None, reviewed: Collection[str] = ()
+) -> tuple[str, str]:
+    """(reference, other): the named reference, else the more independent coder (human, then reviewed
+    machine coding, then machine), else as listed."""
+    if b == reference or (reference not in (a, b) and _rank(a, machine, reviewed) > _rank(b, machine, reviewed)):
         return b, a
     return a, b
 
@@ -442,7 +472,7 @@ def _disagreements(p: _Prepared) -> list[Disagreement]:
     code_index = {c: i for i, c in enumerate(p.codes)}
     best: dict[tuple[int, int], Coding] = {}
     for u, c in p.marked.hits:
-        if c.coder not in p.machine:
+        if c.coder not in p.machine:  # the machine's own quote and rationale, not a reviewer's copy
             continue
         key = (u, code_index[c.code_id])
         if not mask[key]:
@@ -504,6 +534,9 @@ def _notes(p: _Prepared, unit: UnitKind, min_overlap: int, n_boot: int, level: f
         "of the per-code statistic, ignoring codes where it is undefined.",
         "Pairs: coder_a is the reference for precision/recall (the human in machine-human pairs); "
         "a coder is a machine when its name starts with 'quallm' or it was listed as a machine coder.",
+        "A reviewed machine coding (coder 'quallm reviewed by NAME', from quallm review) is a reviewer's "
+        "acceptances, recodes and additions on the machine's proposals: anchored on the machine, so its "
+        "pairs are reviewed-human, reviewed-machine or reviewed-reviewed and never human-human.",
         "All-coders rows (more than two coders): kappa is Fleiss' kappa; percent is the mean share of "
         "agreeing coder pairs per unit; AC1 is Gwet's multi-rater AC1; observed agreement is over "
         "units with at least two coders, the chance agreement of Fleiss' kappa and AC1 over every unit "
@@ -535,6 +568,7 @@ def reconcile(
     speakers: frozenset[str] | None = None,
     coverage: Mapping[str, Collection[str]] | None = None,
     confidence_level: float = 0.95,
+    reviewed_coders: Collection[str] = (),
 ) -> AgreementReport:
     """Agreement between the coders of ``codings`` on ``transcripts``.
 
@@ -542,19 +576,21 @@ def reconcile(
     ``None`` takes every code used. ``coders`` picks and orders the coders (default: every coder,
     humans first). ``reference`` is the reference coder for precision/recall in the pairs it is in.
     ``coverage`` maps a coder to the transcript ids it coded (default: those where it applied a code).
+    ``reviewed_coders`` (and coders named ``quallm reviewed by ...``) are reviewed machine codings: their
+    pairs are ``reviewed-human``, ``reviewed-machine`` or ``reviewed-reviewed``, never ``human-human``.
     Bootstrap CIs use ``n_boot`` resamples of transcripts from a generator seeded with ``seed``.
     """
     _check_options(unit, n_boot, seed, confidence_level)
     p = _prepare(transcripts, codings, codebook_codes, unit, coders, min_overlap, machine_coders,
-                 speakers, coverage)
+                 speakers, coverage, reviewed_coders)
     if reference is not None and reference not in p.coders:
         raise ConfigError(f"reference coder {reference!r} is not among the coders {p.coders}")
     pairs: list[PairReport] = []
     index = {c: j for j, c in enumerate(p.coders)}
     for i in range(len(p.coders)):
         for j in range(i + 1, len(p.coders)):
-            a, b = _orient(p.coders[i], p.coders[j], p.machine, reference)
-            rep = _pair_report(p, index[a], index[b], _pair_kind(a, b, p.machine), n_boot, seed,
+            a, b = _orient(p.coders[i], p.coders[j], p.machine, reference, p.reviewed)
+            rep = _pair_report(p, index[a], index[b], _pair_kind(a, b, p.machine, p.reviewed), n_boot, seed,
                                confidence_level)
             if rep.n_units == 0:
                 p.issues.append(f"{rep.pair}: no transcript coded by both; the pair's statistics are undefined")
@@ -569,6 +605,7 @@ def reconcile(
         coders=p.coders,
         machine_coders=[c for c in p.coders if c in p.machine],
         reference=reference,
+        reviewed_coders=[c for c in p.coders if c in p.reviewed],
         codes=p.codes,
         n_transcripts=len(p.transcripts),
         n_units=len(p.marked.units),

@@ -43,6 +43,7 @@ from quallm.codebook import Codebook
 from quallm.codings import Alignment, Coding
 from quallm.errors import InputError
 from quallm.exchange.archive import ArchiveLimits, SafeArchive, is_zip
+from quallm.review.derive import reviewed_codings
 from quallm.rundir import RunDir
 from quallm.transcripts import load_transcript
 from quallm.transcripts.model import Transcript
@@ -271,7 +272,7 @@ def _source_text(el: Any, read: SourceReader, root: Any) -> tuple[str | None, st
         return None, f"plain text {ref!r} is not UTF-8"
 
 
-def _utf16_to_cp(text: str, offset: int) -> int | None:
+def utf16_to_cp(text: str, offset: int) -> int | None:
     """The code-point offset of UTF-16 code-unit ``offset`` in ``text`` (None if mid-pair or past the end)."""
     units = 0
     for i, ch in enumerate(text):
@@ -300,7 +301,7 @@ def _resolve_span(text: str, start: int, end: int, name: str | None, astral: boo
     """
     fits = 0 <= start < end <= len(text)
     if astral:
-        s16, e16 = _utf16_to_cp(text, start), _utf16_to_cp(text, end)
+        s16, e16 = utf16_to_cp(text, start), utf16_to_cp(text, end)
         utf16 = s16 is not None and e16 is not None and s16 < e16 and (s16, e16) != (start, end)
         if utf16 and (not fits or (_looks_like(name, text[s16:e16]) and not _looks_like(name, text[start:end]))):
             assert s16 is not None and e16 is not None
@@ -883,9 +884,12 @@ def export_run(
 
     Transcripts are re-read from the files the manifest lists, the codebook from the manifest's codebook
     path. Human codings come from ``include_human`` (a JSON list of codings, or a human-coding CSV) or,
-    when not given, from ``run_dir/human_codings.json`` if the run was reconciled. Problems reading
-    human codings are added to the summary's ``skipped``.
+    when not given, from ``run_dir/human_codings.json`` if the run was reconciled. Each reviewer's coding
+    (``quallm review``, from ``review.jsonl``) is one more coder, ``quallm reviewed by NAME``, beside the
+    machine's original, its decisions and the machine's rationales as notes. Problems reading human
+    codings or the review log are added to the summary's ``skipped``.
     """
+
     run = RunDir(run_dir)
     manifest = run.read_manifest()
     if not manifest:
@@ -903,6 +907,9 @@ def export_run(
     if include_human or human_path.is_file():
         human, problems = _human_codings(human_path, transcripts, codebook)
         codings.extend(human)
+    reviewed = reviewed_codings(run.path)
+    codings.extend(reviewed.codings)
+    problems.extend(reviewed.problems)
     model = (manifest.get("model") or {}).get("name")
     summary = write_qdpx(
         out_path, transcripts, codebook, codings,

@@ -25,6 +25,10 @@ from quallm.codings import Coding
 from quallm.errors import InputError, QuallmError
 from quallm.hashing import sha256_file
 from quallm.results import Summary, SummaryPoint, TranscriptResult
+from quallm.review.decisions import REVIEW_FILE, read_log
+from quallm.review.derive import review_counts
+from quallm.review.state import fold
+from quallm.review.state import reviewers as review_reviewers
 from quallm.rundir import RunDir, atomic_write_text, now_iso
 from quallm.synthesis import (
     CodeComparison,
@@ -444,8 +448,22 @@ def _read_agreement(run: RunDir) -> tuple[AgreementReport | None, list[Disagreem
 
 def _ordered_pairs(report: AgreementReport) -> list[PairReport]:
     # Human-human pairs first: they are the baseline the machine is judged against.
-    order = {"human-human": 0, "machine-human": 1, "machine-machine": 2}
-    return sorted(report.pairs, key=lambda p: order[p.kind])
+    order = {"human-human": 0, "machine-human": 1, "reviewed-human": 2, "reviewed-reviewed": 3,
+             "reviewed-machine": 4, "machine-machine": 5}
+    return sorted(report.pairs, key=lambda p: order.get(p.kind, 9))
+
+
+def _review(run: RunDir, codebook: Codebook, n_transcripts: int) -> dict[str, Any] | None:
+    """Review decisions per code (``quallm review``), or None when the run has no review log."""
+    log = read_log(run.path / REVIEW_FILE)
+    if not log.decisions and not log.problems:
+        return None
+    labels = {c.id: c.label for c in codebook.codes}
+    rows = [(c, labels.get(c.code_id, c.code_id)) for c in review_counts(log.decisions, codebook.ids)]
+    reviewers = [(name, len(fold(log.decisions, name).reviewed)) for name in review_reviewers(log.decisions)]
+    return {"rows": rows, "reviewers": reviewers, "n_transcripts": n_transcripts, "problems": log.problems,
+            "totals": {k: sum(getattr(c, k) for c, _ in rows)
+                       for k in ("accepted", "rejected", "recoded", "recoded_to", "added")}}
 
 
 class _Builder:
@@ -727,6 +745,7 @@ class _Builder:
             "code_labels": {row.code_id: row.label for row in self.syn.codes},
             "study": study,
             "study_points": study_points,
+            "review": _review(self.run, self.codebook, len(self.results)),
         }
 
 
