@@ -215,7 +215,8 @@ def test_csv_codebook(tmp_path: Path) -> None:
         (
             "l.qdc",
             '<CodeBook xmlns="urn:QDA-XML:codebook:1.0"><Codes><Code guid="AAAAAAAA-1111-2222-3333-444444444444"'
-            ' name="A" isCodable="true"><Description>quallm code id: A (barrier)</Description></Code></Codes></CodeBook>',
+            ' name="A" isCodable="true"><Description>quallm code id: A (barrier)</Description></Code>'
+            "</Codes></CodeBook>",
             None,
         ),
     ],
@@ -235,7 +236,7 @@ def test_zip_without_qde(tmp_path: Path) -> None:
     archive = tmp_path / "x.qdpx"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("readme.txt", "x")
-    with pytest.raises(CodebookError, match="no .qde project file"):
+    with pytest.raises(CodebookError, match=r"no \.qde project file"):
         Codebook.load(archive)
 
 

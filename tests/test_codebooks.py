@@ -232,3 +232,32 @@ def test_old_results_with_challenges_and_enablers_still_read() -> None:
     }
     s = Summary.model_validate(old)
     assert [p.code_id for p in s.points] == ["C", "E"] and [p.code_id for p in s.enablers] == ["E"]
+
+
+def test_agreement_rolls_up_to_parents(tmp_path: Path) -> None:
+    import yaml
+
+    from quallm.reconciling import reconcile_files
+
+    transcript = tmp_path / "t1.txt"
+    transcript.write_text(
+        "Interviewer: How are families?\n\nRespondent: Money is tight.\n\n"
+        "Interviewer: And housing?\n\nRespondent: Damp flats everywhere.\n",
+        encoding="utf-8",
+    )
+    cb_path = tmp_path / "tree.yaml"
+    cb_path.write_text(yaml.safe_dump(TREE), encoding="utf-8")
+    # Coder a says poverty in turn 1 and housing in turn 3; coder b says housing in turn 1 (a child of
+    # the same heading) and housing in turn 3. Per code they disagree on turn 1; rolled up they agree.
+    a = tmp_path / "a.csv"
+    a.write_text("transcript_id,coder,code_id,turn_index\nt1,a,poverty,1\nt1,a,housing,3\n", encoding="utf-8")
+    b = tmp_path / "b.csv"
+    b.write_text("transcript_id,coder,code_id,turn_index\nt1,b,housing,1\nt1,b,housing,3\n", encoding="utf-8")
+    flat, _ = reconcile_files([transcript], [a, b], codebook_path=cb_path, n_boot=0, out_dir=tmp_path / "flat")
+    assert "family" not in flat.codes and "poverty" in flat.codes
+    rolled, _ = reconcile_files(
+        [transcript], [a, b], codebook_path=cb_path, n_boot=0, rollup=True, out_dir=tmp_path / "rolled"
+    )
+    by_code = {s.code: s for s in rolled.pairs[0].codes}
+    assert by_code["family"].percent.value == 1.0 and by_code["family"].marked_a == 2 == by_code["family"].marked_b
+    assert by_code["poverty"].percent.value == 0.5  # the child itself is still compared on its own

@@ -584,8 +584,16 @@ def reconcile(
     transcripts: Annotated[
         list[Path] | None, typer.Option("--transcripts", help="General form: transcript files or folders.")
     ] = None,
-    codebook: Annotated[Path | None, typer.Option("--codebook", "-c", help="General form: codebook YAML.")] = None,
+    codebook: Annotated[
+        Path | None, typer.Option("--codebook", "-c", help="General form: codebook (YAML, CSV, .qdc, .qdpx).")
+    ] = None,
     unit: Annotated[str, typer.Option("--unit", help="turn (default) | sentence | transcript (presence).")] = "turn",
+    rollup: Annotated[
+        bool,
+        typer.Option(
+            "--rollup", help="Codebook with parents: also compare every parent, a coding of a child counting for it."
+        ),
+    ] = False,
     coders: Annotated[
         str | None, typer.Option("--coders", help="Comma-separated coders to compare, in order (default: all).")
     ] = None,
@@ -616,6 +624,7 @@ def reconcile(
                 run_dir,
                 human or [],
                 unit=unit_kind,
+                rollup=rollup,
                 coders=coder_list,
                 min_overlap=min_overlap,
                 n_boot=bootstrap,
@@ -633,6 +642,7 @@ def reconcile(
                 files,
                 codebook_path=codebook,
                 unit=unit_kind,
+                rollup=rollup,
                 coders=coder_list,
                 min_overlap=min_overlap,
                 n_boot=bootstrap,
