@@ -10,7 +10,7 @@ from quallm.chunking import chunk_transcript, sentence_spans
 from quallm.codebook import Codebook
 from quallm.errors import CodebookError
 from quallm.grounding import align_quote
-from quallm.prompting import load_prompt
+from quallm.prompting import kind_values, load_prompt
 from quallm.tokenizers import CallableTokenizer, TiktokenTokenizer, encoding_for_model
 from quallm.transcripts import load_transcript
 
@@ -29,8 +29,8 @@ def test_codebook_loads_and_hashes(tiny_codebook_yaml: Path) -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "needle"),
     [
-        ("codes:\n  - id: A1\n    kind: barrier\n    label: x\n    definition: y\n", "codes[0] (id 'A1').kind"),
-        ("codes:\n  - id: A1\n    kind: enabler\n    label: x\n", "codes[0] (id 'A1').definition"),
+        ("codes:\n  - id: A1\n    kind: barrier\n    label: x\n    definition: y\n", "(id 'A1'): kind 'barrier'"),
+        ("codes:\n  - id: A1\n    kind: enabler\n", "codes[0] (id 'A1').label"),
         (
             "codes:\n  - {id: A, kind: enabler, label: x, definition: y}\n  - {id: A, kind: enabler, label: z, "
             "definition: w}\n",
@@ -113,7 +113,9 @@ def test_alignment_respects_window() -> None:
 def test_prompt_hash_is_stable_and_renders() -> None:
     p = load_prompt("code_turn")
     assert p.hash == load_prompt("code_turn").hash and len(p.hash) == 16
-    system, user = p.render(codebook_name="X", codebook="- A", max_codes="3", question="Q?", speaker="R", answer="A.")
+    system, user = p.render(
+        codebook_name="X", codebook="- A", max_codes="3", question="Q?", speaker="R", answer="A.", **kind_values(())
+    )
     assert "- A" in system and "Q?" in user and "$" not in user
 
 

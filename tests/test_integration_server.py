@@ -183,7 +183,7 @@ def test_cli_replay_reproduces_and_reports_miss(tmp_path: Path, sample_txt: Path
 
 def test_cli_bad_codebook_is_one_line(tmp_path: Path, sample_txt: Path) -> None:
     bad = tmp_path / "cb.yaml"
-    bad.write_text("codes:\n  - {id: X, kind: enabler, label: x}\n", encoding="utf-8")
+    bad.write_text("codes:\n  - {id: X, kind: barrier, label: x, definition: y}\n", encoding="utf-8")
     r = runner.invoke(
         app,
         [
@@ -199,7 +199,7 @@ def test_cli_bad_codebook_is_one_line(tmp_path: Path, sample_txt: Path) -> None:
             "http://127.0.0.1:9/v1",
         ],
     )
-    assert r.exit_code == 2 and "codes[0] (id 'X').definition" in r.output
+    assert r.exit_code == 2 and "codes[0] (id 'X'): kind 'barrier' is not declared" in r.output
 
 
 def test_transcripts_run_concurrently_under_one_cap(tmp_path: Path) -> None:

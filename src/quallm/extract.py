@@ -30,7 +30,7 @@ from quallm.codings import Coding
 from quallm.errors import ModelError, TruncatedOutputError
 from quallm.grounding import align_quote
 from quallm.models.base import ChatModel, ChatRequest, Usage
-from quallm.prompting import PromptTemplate, load_prompt, render_code, render_codebook
+from quallm.prompting import PromptTemplate, codebook_values, load_prompt, render_code, render_codebook
 from quallm.reask import ask
 from quallm.results import Failure, TranscriptResult, Ungrounded
 from quallm.schemas import ChunkAnswer, ChunkCoding, TurnAnswer, chunk_schema, turn_schema
@@ -153,6 +153,7 @@ class Extractor:
         self._no_probabilities = False
         self._chunk_prompt = load_prompt("code_chunk")
         self._codebook_text = render_codebook(codebook)
+        self._kind_values = codebook_values(codebook)
         self.coder = _coder_name(model)
 
     # --- requests -------------------------------------------------------------------------------
@@ -169,6 +170,7 @@ class Extractor:
         return {
             "codebook_name": self.codebook.name,
             "codebook": self._codebook_text,
+            **self._kind_values,
             "max_codes": str(self.options.max_codes_per_unit),
             "question": _preceding_question(transcript, seg.turn_index),
             "speaker": seg.speaker,
@@ -268,6 +270,7 @@ class Extractor:
             seed=o.seed,
             codebook_name=self.codebook.name,
             codebook=self._codebook_text,
+            **self._kind_values,
             context=context,
             segments=body,
         )

@@ -76,11 +76,30 @@ def load_coding_file(
     raise InputError(p, f"unknown coding file type {suffix or '(none)'!r}; use .csv, .qdpx or .qde")
 
 
+def roll_up(codings: Sequence[Coding], codebook: Codebook) -> list[Coding]:
+    """``codings`` plus, for each coding of a child code, the same coding of each of its ancestors.
+
+    A coding of a child counts for its parent: agreement on the parent is then agreement on "anything
+    under it". Codings of codes not in the codebook are kept as they are.
+    """
+    out = list(codings)
+    for c in codings:
+        out.extend(c.model_copy(update={"code_id": a}) for a in codebook.ancestors(c.code_id))
+    return out
+
+
+def _codes_compared(codebook: Codebook | None, rollup: bool) -> list[str] | None:
+    if codebook is None:
+        return None
+    return codebook.all_ids if rollup else codebook.ids
+
+
 def reconcile_run(
     run_dir: str | Path,
     human: Sequence[str | Path],
     *,
     unit: UnitKind = "turn",
+    rollup: bool = False,
     coders: Sequence[str] | None = None,
     min_overlap: int = 1,
     n_boot: int = 1000,
@@ -92,11 +111,14 @@ def reconcile_run(
 
     Reviewers' codings (``quallm review``: ``RUN_DIR/review.jsonl``, on the transcripts each marked
     reviewed) join as their own coders, labelled reviewed machine codings, never as human coders.
-    Returns the report and the problems met while importing (one line each).
+    With ``rollup`` (a codebook with parents), every code is compared, and a coding of a child also counts
+    for its parents (:func:`roll_up`). Returns the report and the problems met while importing (one line each).
     """
     from quallm.review.derive import reviewed_codings
 
     inputs = load_run(run_dir)
+    if rollup and inputs.codebook is None:
+        raise ConfigError(f"{run_dir}: --rollup needs the run's codebook, which was not found")
     problems: list[str] = []
     human_codings: list[Coding] = []
     for f in human:
@@ -111,10 +133,13 @@ def reconcile_run(
             + "; and no transcript is marked reviewed in review.jsonl"
         )
     machine = sorted({c.coder for c in inputs.codings} | set(inputs.coverage))
+    compared = inputs.codings + human_codings + reviewed.codings
+    if rollup and inputs.codebook is not None:
+        compared = roll_up(compared, inputs.codebook)
     report = reconcile(
         inputs.transcripts,
-        inputs.codings + human_codings + reviewed.codings,
-        inputs.codebook.ids if inputs.codebook else None,
+        compared,
+        _codes_compared(inputs.codebook, rollup),
         unit=unit,
         coders=coders,
         n_boot=n_boot,
@@ -139,6 +164,7 @@ def reconcile_files(
     *,
     codebook_path: str | Path | None = None,
     unit: UnitKind = "turn",
+    rollup: bool = False,
     coders: Sequence[str] | None = None,
     min_overlap: int = 1,
     n_boot: int = 1000,
@@ -161,10 +187,14 @@ def reconcile_files(
         got, probs = load_coding_file(f, loaded, codebook)
         codings.extend(got)
         problems.extend(probs)
+    if rollup:
+        if codebook is None:
+            raise ConfigError("--rollup needs a codebook (--codebook)")
+        codings = roll_up(codings, codebook)
     report = reconcile(
         loaded,
         codings,
-        codebook.ids if codebook else None,
+        _codes_compared(codebook, rollup),
         unit=unit,
         coders=coders,
         n_boot=n_boot,

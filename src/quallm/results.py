@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quallm.codings import Coding
 from quallm.errors import describe
@@ -35,14 +35,37 @@ class SummaryPoint(BaseModel):
 
 
 class Summary(BaseModel):
-    """A per-transcript summary: a short narrative, then the challenges and enablers raised."""
+    """A per-transcript summary: a short narrative, then a point per code raised, by category."""
 
     model_config = ConfigDict(frozen=True)
 
     narrative: str
-    challenges: tuple[SummaryPoint, ...] = ()
-    enablers: tuple[SummaryPoint, ...] = ()
+    points: tuple[SummaryPoint, ...] = Field(default=(), description="in the codebook's category order")
     generated_by_model: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_layout(cls, data: Any) -> Any:
+        return points_from_old_layout(data)
+
+    @property
+    def challenges(self) -> tuple[SummaryPoint, ...]:
+        """Points of kind ``challenge`` (the default categories)."""
+        return tuple(p for p in self.points if p.kind == "challenge")
+
+    @property
+    def enablers(self) -> tuple[SummaryPoint, ...]:
+        """Points of kind ``enabler`` (the default categories)."""
+        return tuple(p for p in self.points if p.kind == "enabler")
+
+
+def points_from_old_layout(data: Any) -> Any:
+    """Results written before categories were the codebook's held ``challenges`` and ``enablers`` lists."""
+    if isinstance(data, dict) and ("challenges" in data or "enablers" in data):
+        data = dict(data)
+        old = [*(data.pop("challenges", None) or ()), *(data.pop("enablers", None) or ())]
+        data["points"] = [*old, *(data.get("points") or ())]
+    return data
 
 
 class Ungrounded(BaseModel):

@@ -10,14 +10,14 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from quallm.codebook import Codebook
+from quallm.codebook import Codebook, Kind, kind_sections
 from quallm.csvsafe import SafeWriter
 from quallm.errors import InputError, RunLockedError
 from quallm.redact import redact_value
@@ -217,7 +217,7 @@ class RunDir:
                             c.confidence,
                         ]
                     )
-                md_fh.write("\n" + render_summary(r))
+                md_fh.write("\n" + render_summary(r, codebook.categories if codebook else ()))
         return totals
 
 
@@ -254,8 +254,8 @@ def _atomic_file(path: Path) -> Iterator[TextIO]:
     tmp.replace(path)
 
 
-def render_summary(r: TranscriptResult) -> str:
-    """One transcript's summary as a markdown section."""
+def render_summary(r: TranscriptResult, kinds: Sequence[Kind] = ()) -> str:
+    """One transcript's summary as a markdown section, a heading per category of ``kinds`` (or of its points)."""
     out = [f"## {r.transcript_id}"]
     if r.metadata:
         out.append("*" + ", ".join(f"{k}: {v}" for k, v in sorted(r.metadata.items())) + "*")
@@ -266,9 +266,7 @@ def render_summary(r: TranscriptResult) -> str:
     else:
         out.append(r.summary.narrative)
         out.append("")
-        for title, points in (("Challenges", r.summary.challenges), ("Enablers", r.summary.enablers)):
-            if not points:
-                continue
+        for title, points in kind_sections(r.summary.points, kinds):
             out.append(f"### {title}")
             for p in points:
                 out.append(f"- **{p.label}** (`{p.code_id}`): {p.summary}")
@@ -282,6 +280,6 @@ def render_summary(r: TranscriptResult) -> str:
     return "\n".join(out)
 
 
-def render_summaries(results: Iterable[TranscriptResult]) -> str:
+def render_summaries(results: Iterable[TranscriptResult], kinds: Sequence[Kind] = ()) -> str:
     """All per-transcript summaries as one markdown document (as written to summaries.md)."""
-    return "# Summaries\n" + "".join("\n" + render_summary(r) for r in results)
+    return "# Summaries\n" + "".join("\n" + render_summary(r, kinds) for r in results)

@@ -140,7 +140,9 @@ class MergeAnswer(BaseModel):
     same_as: list[int] = Field(default_factory=list)
 
 
-def discovery_schema(max_themes: int, min_themes: int = 0) -> dict[str, Any]:
+def discovery_schema(
+    max_themes: int, min_themes: int = 0, kinds: list[str] | tuple[str, ...] = ("challenge", "enabler")
+) -> dict[str, Any]:
     """Schema of a discovery answer: themes, each a quote, a topic (the label), a description, then its kind.
 
     The kind comes last so that the model decides it after describing the theme (evidence, then
@@ -154,7 +156,7 @@ def discovery_schema(max_themes: int, min_themes: int = 0) -> dict[str, Any]:
             "quote": {"type": "string", "maxLength": 300},
             "topic": {"type": "string", "maxLength": 60},
             "description": {"type": "string", "maxLength": 200},
-            "kind": {"type": "string", "enum": ["challenge", "enabler"]},
+            "kind": {"type": "string", "enum": list(kinds)},
         }
     )
     themes: dict[str, Any] = {"type": "array", "items": item, "maxItems": max(1, max_themes)}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from quallm.codebook import Codebook
 from quallm.codings import Coding
 from quallm.models.base import ChatModel, Usage
-from quallm.prompting import load_prompt
+from quallm.prompting import codebook_values, load_prompt, ordered_codes
 from quallm.reask import ask
 from quallm.results import Quote, Summary, SummaryPoint, Ungrounded
 from quallm.schemas import SummaryAnswer, summary_schema
@@ -27,7 +27,7 @@ def _evidence(codebook: Codebook, codings: list[Coding]) -> list[tuple[str, Codi
     by_code: dict[str, list[Coding]] = {}
     for c in codings:
         by_code.setdefault(c.code_id, []).append(c)
-    ordered = [c for c in codebook.codes if c.kind == "challenge"] + [c for c in codebook.codes if c.kind == "enabler"]
+    ordered = ordered_codes(codebook)
     out: list[tuple[str, Coding]] = []
     for code in ordered:
         for c in by_code.get(code.id, [])[:MAX_EVIDENCE_PER_CODE]:
@@ -52,7 +52,7 @@ def summarise(
     for code_id in present:
         code = codebook.get(code_id)
         assert code is not None
-        lines.append(f"{code.id} ({code.kind}: {code.label})")
+        lines.append(f"{code.id} ({code.kind}: {code.label})" if code.kind else f"{code.id} ({code.label})")
         for n, (cid, c) in enumerate(evidence, start=1):
             if cid == code_id:
                 lines.append(f'  [{n}] "{c.quote}"')
@@ -68,6 +68,7 @@ def summarise(
         transcript_id=transcript.id,
         metadata=f"({meta})" if meta else "",
         evidence="\n".join(lines),
+        **codebook_values(codebook),
     )
 
     def check(ans: SummaryAnswer) -> list[str]:
@@ -98,7 +99,7 @@ def summarise(
         code = codebook.get(p.code_id)
         assert code is not None
         points[p.code_id] = SummaryPoint(
-            code_id=code.id, kind=code.kind, label=code.label, summary=p.summary.strip(), quotes=tuple(quotes)
+            code_id=code.id, kind=code.kind or "", label=code.label, summary=p.summary.strip(), quotes=tuple(quotes)
         )
     for code_id in present:  # a coded code the model left out still appears, with its first quote
         if code_id not in points:
@@ -108,7 +109,7 @@ def summarise(
             assert c.start is not None and c.end is not None
             points[code_id] = SummaryPoint(
                 code_id=code_id,
-                kind=code.kind,
+                kind=code.kind or "",
                 label=code.label,
                 summary="(not summarised by the model)",
                 quotes=(
@@ -118,7 +119,6 @@ def summarise(
     ordered = [points[c] for c in present]
     summary = Summary(
         narrative=ans.narrative.strip(),
-        challenges=tuple(p for p in ordered if p.kind == "challenge"),
-        enablers=tuple(p for p in ordered if p.kind == "enabler"),
+        points=tuple(ordered),
     )
     return summary, usage, attempts, lost

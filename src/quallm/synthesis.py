@@ -24,18 +24,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import gammaln
 from scipy.stats import fisher_exact
 
-from quallm.codebook import Codebook
+from quallm.codebook import Codebook, Kind, kind_sections
 from quallm.codings import Coding
 from quallm.csvsafe import Cell, to_csv
 from quallm.errors import ConfigError, InputError, ModelError
 from quallm.models.base import ChatModel, ChatRequest, Usage
-from quallm.prompting import PromptTemplate, load_prompt
+from quallm.prompting import PromptTemplate, codebook_values, load_prompt
 from quallm.reask import ask
-from quallm.results import Failure, TranscriptResult
+from quallm.results import Failure, TranscriptResult, points_from_old_layout
 from quallm.rundir import RunDir, atomic_write_text, now_iso
 
 SMALL_GROUP = 5  # a group with fewer transcripts than this makes a comparison descriptive only
@@ -316,7 +316,7 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
 
 def _code_rows(codebook: Codebook, results: Sequence[TranscriptResult], notes: list[str]) -> list[CodeRow]:
     ids = [r.transcript_id for r in results]
-    counts: dict[str, dict[str, int]] = {c.id: dict.fromkeys(ids, 0) for c in codebook.codes}
+    counts: dict[str, dict[str, int]] = {c.id: dict.fromkeys(ids, 0) for c in codebook.codes if c.codable}
     unknown: dict[str, int] = {}
     for r in results:
         for c in r.codings:
@@ -334,7 +334,7 @@ def _code_rows(codebook: Codebook, results: Sequence[TranscriptResult], notes: l
             CodeRow(
                 code_id=code_id,
                 label=code.label if code else code_id,
-                kind=code.kind if code else "unknown",
+                kind=(code.kind or "") if code else "unknown",
                 counts=per,
                 present_in=present,
                 n_codings=sum(per.values()),
@@ -625,8 +625,8 @@ class StudySummary(BaseModel):
     n_transcripts: int
     narrative: str
     narrative_generated_by_model: bool = True
-    challenges: tuple[StudyPoint, ...] = ()
-    enablers: tuple[StudyPoint, ...] = ()
+    points: tuple[StudyPoint, ...] = Field(default=(), description="by category, each by prevalence")
+    kinds: tuple[Kind, ...] = Field(default=(), description="the codebook's categories")
     absent_codes: tuple[str, ...] = Field(default=(), description="codes of the codebook found in no transcript")
     by: str | None = None
     groups: tuple[GroupSize, ...] = ()
@@ -638,6 +638,21 @@ class StudySummary(BaseModel):
     failures: tuple[Failure, ...] = ()
     dropped_refs: tuple[str, ...] = Field(default=(), description="quote numbers the model gave that were invalid")
     notes: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_layout(cls, data: Any) -> Any:
+        return points_from_old_layout(data)
+
+    @property
+    def challenges(self) -> tuple[StudyPoint, ...]:
+        """Points of kind ``challenge`` (the default categories)."""
+        return tuple(p for p in self.points if p.kind == "challenge")
+
+    @property
+    def enablers(self) -> tuple[StudyPoint, ...]:
+        """Points of kind ``enabler`` (the default categories)."""
+        return tuple(p for p in self.points if p.kind == "enabler")
 
 
 class StudyOptions(BaseModel):
@@ -703,7 +718,9 @@ class _Summariser:
         self.notes: list[str] = []
 
     def _tokens(self, prompt: PromptTemplate, body: str) -> int:
-        system, user = prompt.render(study=self.codebook.name, evidence=body, statements=body)
+        system, user = prompt.render(
+            study=self.codebook.name, evidence=body, statements=body, **codebook_values(self.codebook)
+        )
         return self.model.count_tokens(system) + self.model.count_tokens(user)
 
     def _request(self, prompt: PromptTemplate, body: str, schema: dict[str, Any], name: str) -> ChatRequest:
@@ -718,6 +735,7 @@ class _Summariser:
             study=self.codebook.name,
             evidence=body,
             statements=body,
+            **codebook_values(self.codebook),
         )
 
     # -- map
@@ -890,7 +908,8 @@ def study_summary(
             continue
         code = cb.get(row.code_id)
         definition = f" Definition: {_flat(code.definition)}" if code else ""
-        header = f"{row.code_id} ({row.kind}: {row.label}).{definition}"
+        tag = f"{row.kind}: {row.label}" if row.kind else row.label
+        header = f"{row.code_id} ({tag}).{definition}"
         blocks.append(_Block(row.code_id, header, _spread(grounded[row.code_id], opts.max_quotes_per_code)))
     statements: dict[str, tuple[str, list[Coding], bool]] = {}
     dropped: list[str] = []
@@ -926,7 +945,8 @@ def study_summary(
         )
     narrative, narrative_by_model = "No codes from the codebook were found in any transcript.", False
     items = [
-        f"- {p.code_id} ({p.kind}: {p.label}; {_spread_word(p.prevalence.n_with_code, n)}): {p.statement}"
+        f"- {p.code_id} ({p.kind + ': ' if p.kind else ''}{p.label}; {_spread_word(p.prevalence.n_with_code, n)}): "
+        f"{p.statement}"
         for p in points
         if p.generated_by_model
     ]
@@ -951,8 +971,8 @@ def study_summary(
         n_transcripts=n,
         narrative=narrative,
         narrative_generated_by_model=narrative_by_model,
-        challenges=tuple(p for p in points if p.kind == "challenge"),
-        enablers=tuple(p for p in points if p.kind != "challenge"),
+        points=tuple(p for _, group in kind_sections(points, cb.categories) for p in group),
+        kinds=cb.categories,
         absent_codes=tuple(r.code_id for r in syn.codes if r.n_transcripts == 0),
         by=syn.by.column if syn.by else None,
         groups=syn.by.groups if syn.by else (),
@@ -1005,9 +1025,7 @@ def render_study_markdown(s: StudySummary) -> str:
     if s.by:
         out += [f"Groups by `{s.by}`: " + ", ".join(f"{g.group} ({g.n_transcripts})" for g in s.groups), ""]
         out += [f"> {c}" for c in s.group_cautions] + [""]
-    for title, points in (("Challenges", s.challenges), ("Enablers", s.enablers)):
-        if not points:
-            continue
+    for title, points in kind_sections(s.points, s.kinds):
         out += [f"## {title}", ""]
         for p in points:
             out.append(f"### {p.label} (`{p.code_id}`)")

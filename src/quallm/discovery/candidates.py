@@ -12,20 +12,22 @@ from collections.abc import Callable
 from functools import partial
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from quallm.chunking import Chunk, chunk_transcript
+from quallm.codebook import DEFAULT_KINDS
+from quallm.codebook import Kind as Category
 from quallm.errors import ModelError
 from quallm.grounding import align_quote
 from quallm.models.base import ChatModel, ChatRequest, Usage
-from quallm.prompting import load_prompt
+from quallm.prompting import kind_values, load_prompt
 from quallm.reask import ask
 from quallm.results import Failure, Quote, Ungrounded
 from quallm.schemas import DiscoveryAnswer, discovery_schema
 from quallm.tokenizers import TiktokenTokenizer
 from quallm.transcripts.model import Transcript
 
-Kind = Literal["challenge", "enabler"]
+Kind = str  # the name of one of DiscoverOptions.kinds
 CHUNK_ENCODING = "o200k_base"
 
 
@@ -35,6 +37,9 @@ class DiscoverOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     focus: str = ""
+    kinds: tuple[Category, ...] = Field(
+        default=DEFAULT_KINDS, min_length=1, description="categories to sort themes into"
+    )
     chunk_tokens: int = 800
     context_tokens: int = 150
     max_themes_per_chunk: int = 4
@@ -106,9 +111,10 @@ class CandidateSet(BaseModel):
 _GENERIC = {"challenge", "challenges", "enabler", "enablers", "theme", "themes", "label", "none", "other"}
 
 
-def _generic(label: str) -> bool:
+def _generic(label: str, kinds: tuple[Category, ...] = DEFAULT_KINDS) -> bool:
     """A label that names the kind or nothing ("Challenge"), which a small model sometimes writes."""
-    return " ".join(label.lower().split()).strip(" .:") in _GENERIC
+    own = {k.name.lower() for k in kinds} | {k.plural_name.lower() for k in kinds}
+    return " ".join(label.lower().split()).strip(" .:") in _GENERIC | own
 
 
 _Found = tuple[list[Candidate], list[Ungrounded], int, Usage, int]
@@ -151,7 +157,7 @@ class CandidateFinder:
         o = self.options
         return self._prompt.request(
             self.model,
-            discovery_schema(o.max_themes_per_chunk, o.min_themes_per_chunk),
+            discovery_schema(o.max_themes_per_chunk, o.min_themes_per_chunk, [k.name for k in o.kinds]),
             "discovered_themes",
             temperature=o.temperature_for(repeat),
             max_tokens=o.max_tokens,
@@ -160,6 +166,7 @@ class CandidateFinder:
             max_themes=str(o.max_themes_per_chunk),
             context=ctx,
             excerpt="\n\n".join(lines),
+            **kind_values(o.kinds),
         )
 
     def _ground(self, transcript: Transcript, chunk: Chunk, quote: str) -> Quote | None:
@@ -188,13 +195,14 @@ class CandidateFinder:
         lost: list[Ungrounded] = []
         generic = 0
         seen: set[tuple[str, int, int]] = set()
+        names = [k.name for k in self.options.kinds]
         for t in ans.themes[: self.options.max_themes_per_chunk]:
             label = " ".join(t.topic.split()).strip(" .")
-            if not label or _generic(label) or t.kind not in ("challenge", "enabler"):
+            if not label or _generic(label, self.options.kinds) or t.kind not in names:
                 # Not re-asked: at temperature 0 the 1.5B model gave "Challenge" again after being told.
                 generic += 1
                 continue
-            theme_kind: Kind = "challenge" if t.kind == "challenge" else "enabler"
+            theme_kind: Kind = t.kind
             quote = self._ground(transcript, chunk, t.quote)
             if quote is None:
                 lost.append(Ungrounded(code_id=label, quote=t.quote, where="discovery"))

@@ -95,6 +95,7 @@ def consolidate(
     group_with_model: GroupFn | None = None,
     model_merge_margin: float = 0.25,
     max_quotes: int = 3,
+    kinds: Sequence[str] = ("challenge", "enabler"),
 ) -> list[Theme]:
     """Merge ``candidates`` into themes, challenges then enablers, each by prevalence (most first).
 
@@ -108,10 +109,10 @@ def consolidate(
     groups = cluster(vecs, similarity)
     if group_with_model is not None and len(groups) > 1:
         groups = _merge_groups(groups, candidates, vecs, group_with_model, similarity - model_merge_margin)
-    built = _distinct_labels([_theme(candidates, vecs, g, max_quotes) for g in groups])
+    built = _distinct_labels([_theme(candidates, vecs, g, max_quotes, kinds) for g in groups])
     themes: list[Theme] = []
     used: set[str] = set()
-    for kind, prefix in (("challenge", "C"), ("enabler", "E")):
+    for kind, prefix in _id_prefixes(kinds):
         of_kind = sorted(
             (t for t in built if t.kind == kind), key=lambda t: (-t.prevalence, -t.runs, -t.members, t.label.lower())
         )
@@ -175,17 +176,29 @@ def _merge_groups(
     return merged
 
 
-def _theme(members: Sequence[Candidate], vecs: np.ndarray, group: list[int], max_quotes: int) -> Theme:
+def _id_prefixes(kinds: Sequence[str]) -> list[tuple[str, str]]:
+    """(kind, id prefix): ``C`` and ``E`` for challenge and enabler; an initial when unique, else ``K1``..."""
+    initials = [k[:1].upper() for k in kinds]
+    return [
+        (k, initials[i] if initials.count(initials[i]) == 1 and initials[i].isalpha() else f"K{i + 1}_")
+        for i, k in enumerate(kinds)
+    ]
+
+
+def _theme(
+    members: Sequence[Candidate], vecs: np.ndarray, group: list[int], max_quotes: int, kinds: Sequence[str]
+) -> Theme:
     sub = vecs[group]
     centre = sub.mean(axis=0)
     centre = centre / max(float(np.linalg.norm(centre)), 1e-12)
     to_centre = sub @ centre
     order = [group[i] for i in np.argsort(-to_centre, kind="stable")]
     medoid = members[group[_medoid(sub)]]
-    votes = {k: sum(members[i].kind == k for i in group) for k in ("challenge", "enabler")}
-    kind: Kind = medoid.kind
-    if votes["challenge"] != votes["enabler"]:
-        kind = "challenge" if votes["challenge"] > votes["enabler"] else "enabler"
+    votes = {k: sum(members[i].kind == k for i in group) for k in kinds}
+    top = max(votes.values(), default=0)
+    leaders = [k for k in kinds if votes[k] == top]
+    # The majority; on a tie the medoid's kind when it is among the leaders.
+    kind: Kind = medoid.kind if medoid.kind in leaders or not leaders else leaders[0]
     labels: list[str] = []
     for i in [group[_medoid(sub)], *order]:
         if members[i].label.lower() not in {x.lower() for x in labels}:

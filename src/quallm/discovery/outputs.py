@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from quallm.codebook import Code, Codebook
+from quallm.codebook import DEFAULT_KINDS, Code, Codebook, Kind
 from quallm.discovery.consolidate import Theme
 
 _EXAMPLE_CHARS = 300
@@ -25,7 +25,14 @@ def _clip(text: str, limit: int = _EXAMPLE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3].rsplit(" ", 1)[0] + " ..."
 
 
-def draft_codebook(themes: Sequence[Theme], *, focus: str, min_transcripts: int, n_transcripts: int) -> Codebook:
+def draft_codebook(
+    themes: Sequence[Theme],
+    *,
+    focus: str,
+    min_transcripts: int,
+    n_transcripts: int,
+    kinds: Sequence[Kind] = DEFAULT_KINDS,
+) -> Codebook:
     """The draft codebook: one code per theme found in at least ``min_transcripts`` transcripts.
 
     Its ``include`` notes are the other wordings the model used for the theme (they show its scope),
@@ -56,6 +63,7 @@ def draft_codebook(themes: Sequence[Theme], *, focus: str, min_transcripts: int,
             f"least {_n(min(min_transcripts, n_transcripts), 'transcript')}. Review every code, write "
             "'not when' (exclude) notes, merge or split, then run quallm extract with it."
         ),
+        kinds=None if tuple(kinds) == DEFAULT_KINDS else tuple(kinds),
         codes=tuple(codes),
     )
 
@@ -68,7 +76,7 @@ def draft_yaml(codebook: Codebook) -> str:
     )
 
 
-def render_themes_md(themes: Sequence[Theme], info: dict[str, Any]) -> str:
+def render_themes_md(themes: Sequence[Theme], info: dict[str, Any], kinds: Sequence[Kind] = DEFAULT_KINDS) -> str:
     """``themes.md``: every theme, challenges then enablers, with prevalence, stability and quotes."""
     n_tr = int(info["transcripts"])
     repeats = int(info["repeats"])
@@ -99,7 +107,7 @@ def render_themes_md(themes: Sequence[Theme], info: dict[str, Any]) -> str:
             f"({', '.join(info['incomplete'])}); see results in `candidates/`.",
             "",
         ]
-    for kind, title in (("challenge", "Challenges"), ("enabler", "Enablers")):
+    for kind, title in ((k.name, k.title) for k in kinds):
         group = [t for t in themes if t.kind == kind]
         lines += [f"## {title} ({len(group)})", ""]
         if not group:
@@ -120,9 +128,9 @@ def render_themes_md(themes: Sequence[Theme], info: dict[str, Any]) -> str:
             if len(t.labels) > 1:
                 lines += ["Also worded as: " + "; ".join(t.labels[1:6]), ""]
             mixed = ""
-            if min(t.kind_votes.values(), default=0) > 0:
+            if sum(1 for n in t.kind_votes.values() if n > 0) > 1:
                 v = t.kind_votes
-                mixed = f" · mixed kind ({v['challenge']} as challenge, {v['enabler']} as enabler)"
+                mixed = " · mixed kind (" + ", ".join(f"{v.get(k.name, 0)} as {k.name}" for k in kinds) + ")"
             lines += [
                 f"Sources: {', '.join(t.transcripts)} · {t.members} candidates · cohesion {t.cohesion:.2f}{mixed}",
                 "",

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from quallm import __version__
+from quallm.codebook import DEFAULT_KINDS
 from quallm.discovery.candidates import Candidate, CandidateFinder, CandidateSet, DiscoverOptions
 from quallm.discovery.consolidate import Theme, consolidate
 from quallm.discovery.merge import model_grouper
@@ -67,6 +68,8 @@ def candidate_fingerprint(transcript: Transcript, model: ChatModel, options: Dis
                 include={"focus", "chunk_tokens", "context_tokens", "max_themes_per_chunk", "min_themes_per_chunk"}
                 | {"max_tokens", "coded_speakers", "max_reasks"},
             ),
+            # Left out at the default so that candidates found before categories were configurable resume.
+            **({"kinds": [k.model_dump() for k in options.kinds]} if options.kinds != DEFAULT_KINDS else {}),
             "temperature": options.temperature_for(repeat),
             "seed": options.seed_for(repeat),
         },
@@ -250,7 +253,9 @@ def _run_discovery(
     report.candidates = len(candidates)
     notes: list[str] = []
     grouper = model_grouper(chat, opts, notes) if opts.merge == "embedding+model" else None
-    themes = consolidate(candidates, embedder, similarity=opts.similarity, group_with_model=grouper)
+    themes = consolidate(
+        candidates, embedder, similarity=opts.similarity, group_with_model=grouper, kinds=[k.name for k in opts.kinds]
+    )
     report.themes = themes
     report.notes = notes
     for n in notes:
@@ -272,11 +277,13 @@ def _run_discovery(
         json.dumps({"info": info, "themes": [t.model_dump(mode="json") for t in themes]}, indent=2, ensure_ascii=False)
         + "\n",
     )
-    atomic_write_text(run.path / "themes.md", render_themes_md(themes, info))
+    atomic_write_text(run.path / "themes.md", render_themes_md(themes, info, opts.kinds))
     report.in_codebook = sum(in_codebook(t, opts.min_transcripts, len(loaded)) for t in themes)
     draft = run.path / "codebook.draft.yaml"
     if report.in_codebook:
-        cb = draft_codebook(themes, focus=opts.focus, min_transcripts=opts.min_transcripts, n_transcripts=len(loaded))
+        cb = draft_codebook(
+            themes, focus=opts.focus, min_transcripts=opts.min_transcripts, n_transcripts=len(loaded), kinds=opts.kinds
+        )
         atomic_write_text(draft, draft_yaml(cb))
     else:
         report.notes.append("no theme was found in enough transcripts: codebook.draft.yaml not written")

@@ -112,6 +112,17 @@ def code_guid(code_id: str) -> str:
     return _guid(f"code:{code_id}")
 
 
+def kind_folder_guid(kind: str) -> str:
+    """The GUID of the non-codable folder that holds a flat codebook's codes of one kind in exports."""
+    return _guid(f"kind:{kind}")
+
+
+def _guid_of(codebook: Codebook, code_id: str) -> str:
+    """A code's GUID in exports: the one it was imported with, else quallm's stable one."""
+    code = codebook.get(code_id)
+    return code.guid if code is not None and code.guid else code_guid(code_id)
+
+
 def source_guid(transcript_id: str) -> str:
     """The GUID quallm gives a transcript's text source in exports."""
     return _guid(f"source:{transcript_id}")
@@ -389,7 +400,7 @@ def _match_code(guid: str, name: str, description: str, codebook: Codebook | Non
     if codebook is None:
         return tagged["id"] if tagged else name
     for c in codebook.codes:
-        if guid == code_guid(c.id) or name == c.id:
+        if guid == code_guid(c.id) or guid == (c.guid or "").lower() or name == c.id:
             return c.id
     folded = name.strip().casefold()
     for c in codebook.codes:
@@ -611,15 +622,9 @@ def _preview(s: str, limit: int = 80) -> str:
 
 
 def _code_description(code: Any) -> str:
-    parts = [code.definition]
-    if code.include:
-        parts.append("Include: " + "; ".join(code.include))
-    if code.exclude:
-        parts.append("Exclude: " + "; ".join(code.exclude))
-    if code.examples:
-        parts.append("Examples: " + " | ".join(code.examples))
-    parts.append(f"quallm code id: {code.id} ({code.kind})")
-    return "\n\n".join(parts)
+    from quallm.exchange.codebooks import describe_code
+
+    return describe_code(code)
 
 
 def _note_text(c: Coding) -> str | None:
@@ -701,20 +706,46 @@ def build_project(
 
     book = etree.SubElement(etree.SubElement(project, f"{_NS}CodeBook"), f"{_NS}Codes")
     labels = Counter(c.label for c in codebook.codes)
-    for kind, (folder_name, color) in _KIND_FOLDERS.items():
-        members = [c for c in codebook.codes if c.kind == kind]
-        if not members:
-            continue
-        folder = etree.SubElement(
-            book, f"{_NS}Code", guid=_guid(f"kind:{kind}"), name=folder_name, isCodable="false", color=color
-        )
-        for code in members:
-            # Labels are what coders see; an id keeps a duplicated label unique.
-            shown = code.label if labels[code.label] == 1 else f"{code.label} [{code.id}]"
-            el = etree.SubElement(
-                folder, f"{_NS}Code", guid=code_guid(code.id), name=_safe(shown), isCodable="true", color=color
+
+    def code_el(parent: Any, code: Any, color: str | None) -> Any:
+        # Labels are what coders see; an id keeps a duplicated label unique.
+        shown = code.label if labels[code.label] == 1 else f"{code.label} [{code.id}]"
+        attrs = {"guid": _guid_of(codebook, code.id), "name": _safe(shown),
+                 "isCodable": "true" if code.codable else "false"}
+        if code.color or color:
+            attrs["color"] = str(code.color or color)
+        el = etree.SubElement(parent, f"{_NS}Code", attrs)
+        etree.SubElement(el, f"{_NS}Description").text = _safe(_code_description(code))
+        return el
+
+    if codebook.has_hierarchy:  # the codebook's own tree, nested as it is
+        def nest(parent: Any, parent_id: str | None) -> None:
+            for code in codebook.children(parent_id):
+                nest(code_el(parent, code, None), code.id)
+
+        nest(book, None)
+    elif codebook.is_default_kinds:
+        for kind, (folder_name, color) in _KIND_FOLDERS.items():
+            members = [c for c in codebook.codes if c.kind == kind]
+            if not members:
+                continue
+            folder = etree.SubElement(
+                book, f"{_NS}Code", guid=kind_folder_guid(kind), name=folder_name, isCodable="false", color=color
             )
-            etree.SubElement(el, f"{_NS}Description").text = _safe(_code_description(code))
+            for code in members:
+                code_el(folder, code, color)
+    else:  # the codebook's own categories (or none): one folder per category, codes at the top when none
+        for k in codebook.categories:
+            members = [c for c in codebook.codes if c.kind == k.name]
+            if members:
+                folder = etree.SubElement(
+                    book, f"{_NS}Code", guid=kind_folder_guid(k.name), name=_safe(k.title), isCodable="false"
+                )
+                for code in members:
+                    code_el(folder, code, None)
+        for code in codebook.codes:
+            if not code.kind:
+                code_el(book, code, None)
 
     files: dict[str, bytes] = {}
     sources = etree.SubElement(project, f"{_NS}Sources")
@@ -749,7 +780,7 @@ def build_project(
             coding = etree.SubElement(
                 sel, f"{_NS}Coding", guid=_guid(f"coding:{sel_guid}"), creatingUser=ucoder, creationDateTime=when
             )
-            etree.SubElement(coding, f"{_NS}CodeRef", targetGUID=code_guid(c.code_id))
+            etree.SubElement(coding, f"{_NS}CodeRef", targetGUID=_guid_of(codebook, c.code_id))
             n_selections += 1
             text = _note_text(c) if include_notes else None
             if text:
@@ -763,7 +794,7 @@ def build_project(
             coding = etree.SubElement(
                 src, f"{_NS}Coding", guid=_guid(f"{key}|{seen[key]}"), creatingUser=ucoder, creationDateTime=when
             )
-            etree.SubElement(coding, f"{_NS}CodeRef", targetGUID=code_guid(c.code_id))
+            etree.SubElement(coding, f"{_NS}CodeRef", targetGUID=_guid_of(codebook, c.code_id))
     if note_els:
         notes = etree.SubElement(project, f"{_NS}Notes")
         for nguid, title, ucoder, text in note_els:

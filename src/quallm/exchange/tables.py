@@ -38,7 +38,7 @@ def export_tables(run_dir: str | Path, out_dir: str | Path, fmt: str) -> list[Pa
         if r.summary is None:
             continue
         w.writerow([r.transcript_id, "narrative", "", "", r.summary.narrative, "", "", ""])
-        for p in (*r.summary.challenges, *r.summary.enablers):
+        for p in r.summary.points:
             if not p.quotes:
                 w.writerow([r.transcript_id, p.kind, p.code_id, p.label, p.summary, "", "", ""])
             for q in p.quotes:

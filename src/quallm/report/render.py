@@ -366,9 +366,13 @@ def _run_facts(manifest: dict[str, Any], results: Sequence[TranscriptResult], cb
     facts.append(
         (
             "Codebook",
-            f"{cb.name}, version {cb.version}: {len(cb.codes)} codes "
-            f"({sum(c.kind == 'challenge' for c in cb.codes)} challenges, "
-            f"{sum(c.kind == 'enabler' for c in cb.codes)} enablers)"
+            f"{cb.name}, version {cb.version}: {len(cb.ids)} codes"
+            + (
+                " (" + ", ".join(f"{sum(c.kind == k.name for c in cb.codes if c.codable)} {k.plural_name}"
+                                 for k in cb.categories) + ")"
+                if cb.categories
+                else ""
+            )
             + (f"; file {info['path']}" if info.get("path") else "")
             + (f"; sha256 {str(info['hash'])[:12]}…" if info.get("hash") else ""),
         )
@@ -498,7 +502,18 @@ class _Builder:
 
     def code_meta(self, code_id: str) -> tuple[str, str]:
         code = self.codebook.get(code_id)
-        return (code.label, code.kind) if code else (code_id, "unknown")
+        return (code.label, code.kind or "") if code else (code_id, "unknown")
+
+    def kind_css(self, kind: str) -> str:
+        """The CSS class of a category: its own name for the default two, else ``k0``... by position."""
+        if kind in ("challenge", "enabler", "unknown", ""):
+            return kind
+        names = [k.name for k in self.codebook.categories]
+        return f"k{names.index(kind) % 6}" if kind in names else "unknown"
+
+    def kind_titles(self) -> list[tuple[str, str]]:
+        """(heading, category) per category, or one untitled group when the codebook has none."""
+        return [(k.title, k.name) for k in self.codebook.categories] or [("Codes", "")]
 
     # -- sections
 
@@ -533,7 +548,7 @@ class _Builder:
                 )
                 if ok:
                     assert c.start is not None and c.end is not None
-                    spans.append((c.start, c.end, mid, c.code_id, kind))
+                    spans.append((c.start, c.end, mid, c.code_id, self.kind_css(kind)))
                 else:
                     q = QuoteView(
                         text=c.quote or "",
@@ -582,7 +597,7 @@ class _Builder:
             return
         view.narrative = summary.narrative
         view.summary_by_model = summary.generated_by_model
-        points: Sequence[SummaryPoint] = (*summary.challenges, *summary.enablers)
+        points: Sequence[SummaryPoint] = summary.points
         for p in points:
             quotes = tuple(
                 QuoteView(
@@ -661,7 +676,7 @@ class _Builder:
         if s is None:
             return None, []
         points = []
-        for p in (*s.challenges, *s.enablers):
+        for p in s.points:
             quotes = tuple(
                 QuoteView(
                     text=q.text,
@@ -746,6 +761,8 @@ class _Builder:
             "study": study,
             "study_points": study_points,
             "review": _review(self.run, self.codebook, len(self.results)),
+            "kind_titles": self.kind_titles(),
+            "kind_names": [k.name for k in self.codebook.categories],
         }
 
 
@@ -759,7 +776,9 @@ def build_report_html(
     """The report of a run as one HTML string (see :func:`render_report`)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     builder = _Builder(run, by, codebook, max_disagreements)
-    return _environment().get_template("report.html.j2").render(**builder.context())
+    env = _environment()
+    env.filters["kind_css"] = builder.kind_css
+    return env.get_template("report.html.j2").render(**builder.context())
 
 
 def render_report(
