@@ -64,10 +64,11 @@ def make_calibration_run(root: Path, n_transcripts: int = 6, turns: int = 8, see
             for code, present in truth.items():
                 if present:
                     human_rows.append([tid, "coder_a", code, turn.index])
+                proposed = rng.random()
                 if code == "A":
-                    p = rng.uniform(0.22, 0.45) if present else (rng.uniform(0.02, 0.18) if rng.random() < 0.6 else None)
+                    p = rng.uniform(0.22, 0.45) if present else (rng.uniform(0.02, 0.18) if proposed < 0.6 else None)
                 elif code == "B":
-                    p = rng.uniform(0.55, 0.95) if present else (rng.uniform(0.1, 0.5) if rng.random() < 0.5 else None)
+                    p = rng.uniform(0.55, 0.95) if present else (rng.uniform(0.1, 0.5) if proposed < 0.5 else None)
                 else:
                     p = rng.uniform(0.05, 0.6) if rng.random() < 0.2 else None
                 if p is None:

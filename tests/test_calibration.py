@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration_run import human_subset, make_calibration_run, read_json
+from calibration_run import human_subset, make_calibration_run
 from quallm.agreement.probability import brier_score, expected_calibration_error, reliability_bins
 from quallm.agreement.reconcile import Estimate
 from quallm.calibration import maths
@@ -143,7 +143,3 @@ def test_greedy_picks_spread_over_codes() -> None:
     picks = maths.greedy_picks(near, np.array([1.0, 1.0]), 2)
     assert [p[0] for p in picks] == ["x", "z"]  # after x, code 0 weighs a quarter: z's code 1 wins
 
-
-def test_read_json_helper(tmp_path: Path) -> None:
-    run, human = make_calibration_run(tmp_path, n_transcripts=2)
-    assert read_json(run / "manifest.json")["strategy"] == "turn"
