@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.calibration_run import human_subset, make_calibration_run
 
-from calibration_run import human_subset, make_calibration_run
 from quallm.agreement.probability import brier_score, expected_calibration_error, reliability_bins
 from quallm.agreement.reconcile import Estimate
 from quallm.calibration import maths
@@ -143,3 +143,16 @@ def test_greedy_picks_spread_over_codes() -> None:
     picks = maths.greedy_picks(near, np.array([1.0, 1.0]), 2)
     assert [p[0] for p in picks] == ["x", "z"]  # after x, code 0 weighs a quarter: z's code 1 wins
 
+
+
+def test_template_rows_left_uncoded_are_skipped_when_read_back(tmp_path: Path) -> None:
+    from quallm.agreement import read_human_csv
+    from quallm.reconciling import load_run
+
+    run, _ = make_calibration_run(tmp_path, n_transcripts=2)
+    path = write_template(run, ["t00"], tmp_path / "template.csv")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first = lines[1].rsplit(",", 2)[0] + ",ann,A"
+    path.write_text("\n".join([lines[0], first, *lines[2:]]) + "\n", encoding="utf-8")
+    codings, problems = read_human_csv(path, load_run(run).transcripts, ["A", "B", "C"])
+    assert problems == [] and [(c.code_id, c.coder, c.turn_index) for c in codings] == [("A", "ann", 1)]

@@ -64,10 +64,10 @@ def fit_threshold(y: BoolArray, s: FloatArray, default: float) -> float:
     each interval is one candidate. Among equally good intervals the one nearest ``default`` wins, and
     within it ``default`` itself if it lies there, else the interval's midpoint (never a probability
     seen in training, which would make the choice hinge on that one unit). Without proposals with a
-    probability, or where kappa is undefined for every choice, ``default`` stands.
+    probability, without human positives, or where kappa is undefined for every choice, ``default`` stands.
     """
     u = np.unique(s[np.isfinite(s)])
-    if u.size == 0:
+    if u.size == 0 or not y.any():  # nothing to learn from: no probabilities, or no human positives
         return default
     lows = np.concatenate([[0.0], u])  # interval k: thresholds in (lows[k], highs[k]] keep s >= highs[k]
     highs = np.concatenate([u, [1.0]])
@@ -179,6 +179,12 @@ def interval_width(est: Estimate) -> float:
     if est.ci_low is None or est.ci_high is None:
         return 2.0
     return est.ci_high - est.ci_low
+
+
+def suggest_weight(kappa: Estimate, verdict: Verdict, floor: float = 0.05) -> float:
+    """How much a code needs more human coding: its kappa interval's width, the whole range (2) when it
+    has too few positives to judge, and never below ``floor`` (so near-threshold units still count)."""
+    return 2.0 if verdict == "insufficient" else max(interval_width(kappa), floor)
 
 
 def near_threshold(s: FloatArray, thresholds: FloatArray, scale: float = 0.15) -> FloatArray:

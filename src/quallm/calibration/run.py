@@ -172,14 +172,14 @@ def suggest_transcripts(
 ) -> list[Suggestion]:
     """The ``n`` transcripts not yet human-coded whose coding would most narrow the widest intervals.
 
-    Each code weighs by its out-of-fold kappa interval width; a transcript scores by its units whose
-    probability lies near the code's threshold (:func:`maths.uncertainty`). Picks are greedy: once a
-    transcript is chosen, the codes it informs weigh less, so the picks spread over the weak codes."""
+    Each code weighs by its out-of-fold kappa interval width (:func:`maths.suggest_weight`); a transcript
+    scores by its units whose probability lies near the code's threshold (:func:`maths.near_threshold`).
+    Picks are greedy (:func:`maths.greedy_picks`), so they spread over the weak codes."""
     cal = calibration if isinstance(calibration, Calibration) else read_calibration(calibration)[0]
     inputs = load_run(run_dir)
     codes = [c.code for c in cal.codes]
     thr = np.array([c.threshold for c in cal.codes], dtype=np.float64)
-    weights = np.array([maths.interval_width(c.kappa) for c in cal.codes], dtype=np.float64)
+    weights = np.array([maths.suggest_weight(c.kappa, c.verdict) for c in cal.codes], dtype=np.float64)
     pool = [t for t in inputs.transcripts if t.id not in set(cal.transcripts)]
     proposals = [*inputs.codings, *inputs.candidates]
     near: dict[str, np.ndarray] = {}
