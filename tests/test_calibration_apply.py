@@ -39,7 +39,7 @@ def _model() -> FakeModel:
 @pytest.fixture
 def coded(tmp_path: Path, tiny_codebook_yaml: Path) -> tuple[Path, Path, Path]:
     """Three transcripts extracted generously (--min-confidence 0), and a human coding of all three that
-    agrees with the machine on both codes (turn 3: money; turn 7: early help)."""
+    agrees with the machine on both codes (turn 3: money; turn 5: early help)."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(3):
@@ -51,7 +51,7 @@ def coded(tmp_path: Path, tiny_codebook_yaml: Path) -> tuple[Path, Path, Path]:
     assert len(report.done) == 3
     human = tmp_path / "human.csv"
     rows = ["transcript_id,coder,code_id,turn_index"]
-    rows += [f"t{i},ann,{code},{turn}" for i in range(3) for code, turn in (("C_money", 3), ("E_help", 7))]
+    rows += [f"t{i},ann,{code},{turn}" for i in range(3) for code, turn in (("C_money", 3), ("E_help", 5))]
     human.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return src, out, human
 
@@ -136,3 +136,32 @@ def test_cli_calibrate_prints_the_table_and_suggests(coded: tuple[Path, Path, Pa
     assert (out / "calibration_template.csv").read_text(encoding="utf-8").startswith("transcript_id,turn_index")
     bad = CliRunner().invoke(app, ["calibrate", str(out), "--human", str(tmp_path / "missing.csv")])
     assert bad.exit_code == 2 and "missing.csv" in bad.output
+
+
+def test_needs_review_reaches_the_report_and_the_qdpx_export(coded: tuple[Path, Path, Path],
+                                                              tiny_codebook_yaml: Path) -> None:
+    import zipfile
+
+    from quallm.exchange.qdpx import NEEDS_REVIEW_NOTE, export_run
+    from quallm.reconciling import reconcile_run
+    from quallm.report import render_report
+
+    src, out, human = coded
+    calibrate_run(out, [human], min_positives=4, n_boot=0)
+    cb = Codebook.load(tiny_codebook_yaml)
+    opts = calibrated_options(ExtractOptions(strategy="turn", summary=False), out / "calibration.json", cb, _model())
+    run_extraction([src], cb, _model(), out, options=opts, codebook_path=tiny_codebook_yaml)
+    report, _ = reconcile_run(out, [human], n_boot=0)
+    pc = report.probability_calibration
+    assert [p.coder for p in pc] == ["ann"] and pc[0].n == 6 and pc[0].positives == 6
+    assert pc[0].brier == pytest.approx((3 * 0.8**2 + 3 * 0.2**2) / 6)
+    assert json.loads((out / "agreement.json").read_text(encoding="utf-8"))["probability_calibration"][0]["ece"] \
+        == pytest.approx(0.5)
+    html = render_report(out).read_text(encoding="utf-8")
+    assert "Calibration of the machine" in html and "Brier score 0.340" in html and "<svg" in html
+    assert "coding(s) of this code need review" in html
+    path = out / "project.qdpx"
+    export_run(out, path)
+    with zipfile.ZipFile(path) as z:
+        project = z.read("project.qde").decode("utf-8")
+    assert NEEDS_REVIEW_NOTE in project
