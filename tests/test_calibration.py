@@ -156,3 +156,22 @@ def test_template_rows_left_uncoded_are_skipped_when_read_back(tmp_path: Path) -
     path.write_text("\n".join([lines[0], first, *lines[2:]]) + "\n", encoding="utf-8")
     codings, problems = read_human_csv(path, load_run(run).transcripts, ["A", "B", "C"])
     assert problems == [] and [(c.code_id, c.coder, c.turn_index) for c in codings] == [("A", "ann", 1)]
+
+
+def test_benchmark_simulation_on_a_synthetic_run(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_calibrate", Path(__file__).parents[1] / "benchmarks" / "bench_calibrate.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run, human = make_calibration_run(tmp_path, n_transcripts=8)
+    rows = bench.simulate(run, human, [2, 4], repeats=3, n_boot=50)
+    assert [r["k"] for r in rows] == [2, 4] and all(r["draws"] == 3 for r in rows)
+    # The synthetic A is under-confident: calibrating on the sample must help on the held-out transcripts.
+    assert all(r["gain"]["mean"] > 0.1 for r in rows)
+    assert rows[0]["suggest_kappa"]["mean"] is not None and rows[0]["random_kappa"]["mean"] is not None
+    table = bench.render(rows)
+    assert table.count("\n") == 3 and "| run | 2 | 3 |" in table
