@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -167,15 +168,14 @@ class Suggestion:
     codes: list[str]  # the weak codes with proposals near their thresholds in it
 
 
-def suggest_transcripts(
-    run_dir: str | Path, calibration: Calibration | str | Path, n: int, unit: UnitKind = "turn"
-) -> list[Suggestion]:
+def suggest_transcripts(run_dir: str | Path, calibration: Calibration | str | Path, n: int) -> list[Suggestion]:
     """The ``n`` transcripts not yet human-coded whose coding would most narrow the widest intervals.
 
     Each code weighs by its out-of-fold kappa interval width (:func:`maths.suggest_weight`); a transcript
     scores by its units whose probability lies near the code's threshold (:func:`maths.near_threshold`).
     Picks are greedy (:func:`maths.greedy_picks`), so they spread over the weak codes."""
     cal = calibration if isinstance(calibration, Calibration) else read_calibration(calibration)[0]
+    unit = cast(UnitKind, cal.unit)
     inputs = load_run(run_dir)
     codes = [c.code for c in cal.codes]
     thr = np.array([c.threshold for c in cal.codes], dtype=np.float64)
