@@ -297,6 +297,15 @@ def extract(
     poll_interval: Annotated[
         float, typer.Option("--poll-interval", help="With --batch --wait: seconds between polls.")
     ] = 60.0,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration",
+            help="calibration.json from 'quallm calibrate': its per-code thresholds replace --min-confidence "
+            "for the codes it covers; codings of codes not reliable are marked needs-review. Results already "
+            "answered are re-split without a model call.",
+        ),
+    ] = None,
     follow_symlinks: FollowLinksOpt = False,
     max_file_mb: MaxFileOpt = DEFAULT_MAX_FILE_MB,
 ) -> None:
@@ -332,6 +341,10 @@ def extract(
         if min_confidence is not None:
             tuned["min_confidence"] = min_confidence
         options = options.model_copy(update=tuned)
+        if calibration is not None:
+            from quallm.calibration.use import calibrated_options
+
+            options = calibrated_options(options, calibration, cb, chat, info)
     except QuallmError as exc:
         _fail(str(exc))
         return
@@ -368,6 +381,7 @@ def extract(
                 progress=tracker,
                 should_stop=lambda: stop["flag"],
                 input_options=_input_options(follow_symlinks, max_file_mb),
+                calibration_path=calibration,
             )
     for line in report.errors:
         _say("error:", "red", f"{line}")
@@ -380,6 +394,8 @@ def extract(
         f"{len(report.errors)} unreadable; {report.codings} codings, {report.ungrounded} ungrounded quotes dropped."
     )
     out_console.print(f"Results: {out}/codings.csv, {out}/summaries.md, {out}/results/ (manifest: {out}/manifest.json)")
+    if report.rethresholded:
+        out_console.print(f"{len(report.rethresholded)} re-split at the calibration's thresholds (no model call).")
     if stop["flag"]:
         console.print("Stopped early; run the same command again to resume.")
     if not report.ok or stop["flag"]:
@@ -738,6 +754,108 @@ def reconcile(
         f"{len(report.disagreements)} disagreements. Written: {where}/agreement.json, agreement.csv, "
         "disagreements.csv, disagreements.json"
     )
+
+
+@app.command()
+def calibrate(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory from 'quallm extract' (best made with --min-confidence 0).")
+    ],
+    human: Annotated[
+        list[Path],
+        typer.Option("--human", "-h", help="Human coding of some of the run's transcripts: CSV or .qdpx/.qde."),
+    ],
+    coder: Annotated[
+        str | None, typer.Option("--coder", help="The human coder to calibrate on, when the files hold several.")
+    ] = None,
+    unit: Annotated[str, typer.Option("--unit", help="turn (default) | sentence | transcript.")] = "turn",
+    min_kappa: Annotated[
+        float, typer.Option("--min-kappa", help="Kappa a code's interval must clear to be 'reliable'.")
+    ] = 0.6,
+    min_positives: Annotated[
+        int, typer.Option("--min-positives", help="Fewer human-coded units than this: 'insufficient'.")
+    ] = 3,
+    folds: Annotated[
+        int | None,
+        typer.Option("--folds", help="k folds over transcripts (default: leave one out up to 10, else 10 folds)."),
+    ] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    suggest: Annotated[
+        int,
+        typer.Option("--suggest", help="List the N uncoded transcripts to code next and write a CSV template."),
+    ] = 0,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Calibration file (default RUN_DIR/calibration.json).")
+    ] = None,
+) -> None:
+    """Per-code probability thresholds chosen on your own coded sample, by cross-validation over transcripts.
+
+    Reports out-of-fold kappa, precision and recall (95% bootstrap CIs) per code and pooled, and a verdict
+    per code: reliable, review, unreliable or insufficient. Writes RUN_DIR/calibration.json; apply it
+    with 'quallm extract ... --calibration RUN_DIR/calibration.json'.
+    """
+    from quallm.calibration.run import calibrate_run, suggest_transcripts, write_template
+
+    if unit not in ("turn", "sentence", "transcript"):
+        _fail(f"--unit must be turn, sentence or transcript, not {unit!r}")
+    try:
+        outcome = calibrate_run(
+            run_dir,
+            human,
+            coder=coder,
+            unit=cast(Literal["turn", "sentence", "transcript"], unit),
+            min_kappa=min_kappa,
+            min_positives=min_positives,
+            k_folds=folds,
+            n_boot=bootstrap,
+            seed=seed,
+            out=out,
+        )
+        picks = suggest_transcripts(run_dir, outcome.calibration, suggest) if suggest > 0 else []
+        template = write_template(run_dir, [p.transcript_id for p in picks]) if picks else None
+    except QuallmError as exc:
+        _fail(str(exc))
+        return
+    for line in outcome.problems:
+        _say("problem:", "yellow", line)
+    _print_calibration(outcome.calibration)
+    out_console.print(f"Written: {outcome.path}")
+    if picks:
+        out_console.print(f"Code next ({len(picks)}), most informative first:")
+        for p in picks:
+            out_console.print(f"  {p.transcript_id}  (score {p.score:.2f}; near the threshold of {', '.join(p.codes)})")
+        out_console.print(f"Template for the coders: {template}")
+    elif suggest > 0:
+        out_console.print("Every transcript of the run is already human-coded: nothing to suggest.")
+
+
+def _print_calibration(cal: Any) -> None:
+    from rich.table import Table
+
+    from quallm.agreement import format_estimate
+
+    table = Table(
+        title=f"Calibration on {len(cal.transcripts)} human-coded transcripts ({cal.folds}, {cal.unit} units; "
+        "out-of-fold figures, 95% bootstrap CI)"
+    )
+    for col in ("code", "verdict", "threshold", "kappa [95% CI]", "P", "R", "human +", "kappa at default"):
+        table.add_column(col)
+    for c in cal.codes:
+        table.add_row(
+            c.code, c.verdict, "-" if c.code in cal.not_calibrated else f"{c.threshold:.3f}",
+            format_estimate(c.kappa, 2), format_estimate(c.precision, 2).split(" ")[0],
+            format_estimate(c.recall, 2).split(" ")[0], str(c.positives), format_estimate(c.default_kappa, 2),
+        )
+    table.add_row(
+        "(pooled)", "", "", format_estimate(cal.pooled["kappa"], 2),
+        format_estimate(cal.pooled["precision"], 2).split(" ")[0],
+        format_estimate(cal.pooled["recall"], 2).split(" ")[0],
+        str(sum(c.positives for c in cal.codes)), format_estimate(cal.pooled_default["kappa"], 2),
+    )
+    (out_console if out_console.is_terminal else Console(width=180, markup=False, highlight=False)).print(table)
+    if cal.not_calibrated:
+        out_console.print(f"Not calibrated (they keep --min-confidence): {', '.join(cal.not_calibrated)}")
 
 
 # --- reports and exchange ---

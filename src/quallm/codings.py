@@ -36,3 +36,7 @@ class Coding(BaseModel):
         description="the model's own token probability that the code applies (never a self-reported number); "
         "None where the backend gives none",
     )
+    needs_review: bool = Field(
+        default=False,
+        description="a calibration found this code not reliable: check the coding before relying on it",
+    )

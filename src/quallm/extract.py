@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from quallm.calibration.apply import is_reported, mark_review
 from quallm.chunking import Chunk, Segment, chunk_transcript, sentence_spans
 from quallm.codebook import Codebook
 from quallm.codings import Coding
@@ -70,6 +71,11 @@ class ExtractOptions(BaseModel):
     # "yesno": one yes/no request per proposed coding (the probability of "yes").
     scoring: Literal["tokens", "yesno"] = "tokens"
     min_confidence: float = 0.5
+    # A calibration (quallm calibrate): per-code thresholds that replace min_confidence for the codes
+    # they cover, the codes whose codings are marked needs_review, and the calibration file's sha256.
+    code_thresholds: dict[str, float] = Field(default_factory=dict)
+    review_codes: tuple[str, ...] = ()
+    calibration_sha256: str | None = None
     max_codings_per_chunk: int = 40
     max_reasks: int = 2
     temperature: float = 0.0
@@ -87,8 +93,29 @@ def resolve_strategy(options: ExtractOptions, model: ChatModel) -> Literal["turn
     return "turn" if model.endpoint.startswith("local:") else "chunk"
 
 
-def fingerprint(transcript: Transcript, codebook: Codebook, model: ChatModel, options: ExtractOptions) -> str:
+#: Options that only split proposals into codings and candidates (re-applied without a model call).
+THRESHOLD_OPTIONS = frozenset({"min_confidence", "code_thresholds", "review_codes", "calibration_sha256"})
+
+
+def proposals_fingerprint(
+    transcript: Transcript, codebook: Codebook, model: ChatModel, options: ExtractOptions
+) -> str:
+    """:func:`fingerprint` without the thresholds: equal for results whose proposals are the same."""
+    return fingerprint(transcript, codebook, model, options, exclude=THRESHOLD_OPTIONS)
+
+
+def fingerprint(
+    transcript: Transcript,
+    codebook: Codebook,
+    model: ChatModel,
+    options: ExtractOptions,
+    exclude: frozenset[str] = frozenset(),
+) -> str:
     """Hash of everything that determines a transcript's result (used to skip finished work)."""
+    opts = options.model_dump(mode="json", exclude={"concurrency", *exclude})
+    for name in ("code_thresholds", "review_codes", "calibration_sha256"):
+        if not opts.get(name, True):  # absent when not calibrated, so earlier runs keep their fingerprints
+            del opts[name]
     prompts = {n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary", "verify_turn")}
     blob = json.dumps(
         {
@@ -98,7 +125,7 @@ def fingerprint(transcript: Transcript, codebook: Codebook, model: ChatModel, op
             "model": model.name,
             "endpoint": model.endpoint,
             "prompts": prompts,
-            "options": options.model_dump(mode="json", exclude={"concurrency"}),
+            "options": opts,
         },
         sort_keys=True,
     )
@@ -240,7 +267,8 @@ class Extractor:
                 reported.append(c)
                 continue
             scored = c.model_copy(update={"probability": round(p, 4)})
-            (reported if p >= self.options.min_confidence else candidates).append(scored)
+            o = self.options
+            (reported if is_reported(scored, o.code_thresholds, o.min_confidence) else candidates).append(scored)
         return reported, candidates, Usage(prompt_tokens=prompt_tokens)
 
     def chunk_request(self, chunk: Chunk) -> ChatRequest:
@@ -397,10 +425,11 @@ class Extractor:
         return read if len(read) == n else [None] * n
 
     def _split(self, codings: list[Coding]) -> tuple[list[Coding], list[Coding]]:
-        """(reported, candidates): codings below ``min_confidence`` are candidates; unscored ones are reported."""
-        floor = self.options.min_confidence
-        reported = [c for c in codings if c.probability is None or c.probability >= floor]
-        return reported, [c for c in codings if c.probability is not None and c.probability < floor]
+        """(reported, candidates): codings below their threshold (a calibration's, else ``min_confidence``)
+        are candidates; unscored ones are reported."""
+        o = self.options
+        reported = [c for c in codings if is_reported(c, o.code_thresholds, o.min_confidence)]
+        return reported, [c for c in codings if not is_reported(c, o.code_thresholds, o.min_confidence)]
 
     def _chunk_check(self, n: int) -> Callable[[ChunkAnswer], list[str]]:
         """The re-ask check of a chunk answer over ``n`` segments: known codes, existing segments."""
@@ -585,7 +614,7 @@ class Extractor:
 
     def _finish(self, transcript: Transcript, tally: _Tally, n_units: int, t0: float) -> TranscriptResult:
         """Dedupe, summarise and wrap up one transcript's codings."""
-        codings = _dedupe(tally.codings)
+        codings = mark_review(_dedupe(tally.codings), self.options.review_codes)
         summary = None
         if self.options.summary:
             try:
@@ -601,6 +630,7 @@ class Extractor:
             source=transcript.source,
             format=transcript.format,
             fingerprint=fingerprint(transcript, self.codebook, self.model, self.options),
+            proposals_fingerprint=proposals_fingerprint(transcript, self.codebook, self.model, self.options),
             metadata=transcript.metadata,
             n_turns=len(transcript.turns),
             n_coded_units=n_units,

@@ -11,7 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from quallm.agreement import AgreementReport, read_human_csv, reconcile, write_agreement
+from quallm.agreement.probability import ProbabilityCalibration, probability_calibration
 from quallm.agreement.units import UnitKind
 from quallm.codebook import Codebook
 from quallm.codings import Coding
@@ -149,6 +152,9 @@ def reconcile_run(
         coverage={**_coverage(inputs.coverage, human_codings), **reviewed.coverage},
         reviewed_coders=sorted(reviewed.coverage),
     )
+    if inputs.codebook is not None:
+        calibration = probability_calibration_of(inputs, human_codings, inputs.codebook.ids, unit, min_overlap)
+        report = report.model_copy(update={"probability_calibration": calibration})
     out = Path(out_dir) if out_dir else Path(run_dir)
     write_agreement(report, out)
     atomic_write_text(
@@ -156,6 +162,28 @@ def reconcile_run(
         json.dumps([c.model_dump(mode="json") for c in human_codings], indent=1, ensure_ascii=False) + "\n",
     )
     return report, problems
+
+
+def probability_calibration_of(
+    inputs: RunInputs, human: Sequence[Coding], codes: Sequence[str], unit: UnitKind = "turn", min_overlap: int = 1
+) -> list[ProbabilityCalibration]:
+    """Per human coder: Brier score, ECE and reliability bins of the machine's probabilities.
+
+    A forecast is a unit and code the machine proposed with a probability (reported or a candidate; the
+    highest where several proposals fall in one unit), on the transcripts that coder coded; its outcome
+    is whether the coder marked that unit with that code."""
+    from quallm.calibration.labels import label_table
+
+    out = []
+    for coder in sorted({c.coder for c in human}):
+        mine = [c for c in human if c.coder == coder]
+        ids = {c.transcript_id for c in mine}
+        transcripts = [t for t in inputs.transcripts if t.id in ids]
+        proposals = [c for c in (*inputs.codings, *inputs.candidates) if c.transcript_id in ids]
+        table, _ = label_table(transcripts, proposals, mine, codes, unit, min_overlap)
+        scored = np.isfinite(table.s)
+        out.append(probability_calibration(coder, table.s[scored], table.y[scored]))
+    return out
 
 
 def reconcile_files(

@@ -111,6 +111,11 @@ class TranscriptResult(BaseModel):
     source: str
     format: str
     fingerprint: str = Field(description="hash of the inputs that produced this result (for resume)")
+    proposals_fingerprint: str | None = Field(
+        default=None,
+        description="hash of the inputs that produced the proposals, thresholds left out: a result whose "
+        "proposals match is re-split at new thresholds without a model call",
+    )
     metadata: dict[str, str] = Field(default_factory=dict)
     n_turns: int
     n_coded_units: int

@@ -35,6 +35,8 @@ CODINGS_COLUMNS = [
     "coder",
     "rationale",
     "confidence",
+    "probability",
+    "needs_review",
 ]
 
 
@@ -215,6 +217,8 @@ class RunDir:
                             c.coder,
                             c.rationale or "",
                             c.confidence,
+                            c.probability,
+                            "yes" if c.needs_review else "",
                         ]
                     )
                 md_fh.write("\n" + render_summary(r, codebook.categories if codebook else ()))

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from quallm import __version__
+from quallm.calibration.apply import repartition
 from quallm.codebook import Codebook
 from quallm.errors import InputError, QuallmError
-from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs
+from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs, proposals_fingerprint
 from quallm.hashing import sha256_file
 from quallm.models.base import ChatModel
 from quallm.models.limits import LimitedModel
@@ -30,6 +31,7 @@ class RunReport:
     out: Path
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    rethresholded: list[str] = field(default_factory=list)  # of skipped: re-split at new thresholds, no call
     incomplete: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -72,6 +74,7 @@ def run_extraction(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     input_options: InputOptions | None = None,
+    calibration_path: str | Path | None = None,
 ) -> RunReport:
     """Code every transcript in ``inputs`` into the run directory ``out``.
 
@@ -92,6 +95,7 @@ def run_extraction(
             progress=progress,
             should_stop=should_stop,
             input_options=input_options,
+            calibration_path=calibration_path,
         )
 
 
@@ -108,6 +112,7 @@ def _run_extraction(
     progress: Progress | None,
     should_stop: Callable[[], bool] | None,
     input_options: InputOptions | None,
+    calibration_path: str | Path | None,
 ) -> RunReport:
     opts = options or ExtractOptions()
     prog = progress or Progress()
@@ -133,7 +138,7 @@ def _run_extraction(
             **(model_info or {}),
         },
         "strategy": extractor.strategy,
-        "prompts": {n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary")},
+        "prompts": {n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary", "verify_turn")},
         "codebook": {
             "name": codebook.name,
             "version": codebook.version,
@@ -142,6 +147,11 @@ def _run_extraction(
             "codes": len(codebook.codes),
         },
         "parameters": opts.model_dump(mode="json"),
+        "calibration": (
+            {"path": str(calibration_path) if calibration_path else None, "sha256": opts.calibration_sha256,
+             "codes_calibrated": sorted(opts.code_thresholds), "codes_needing_review": list(opts.review_codes)}
+            if opts.calibration_sha256 else None
+        ),
         "metadata_file": str(metadata_path) if metadata_path else None,
         "inputs": [],
     }
@@ -182,8 +192,20 @@ def _run_extraction(
             report.warnings.append(w)
             run.log("warning", transcript_id=transcript.id, message=w)
         previous = run.load_result(transcript.id)
-        if previous and previous.complete and previous.fingerprint == fingerprint(transcript, codebook, model, opts):
+        fp = fingerprint(transcript, codebook, model, opts)
+        if previous and previous.complete and previous.fingerprint == fp:
             report.skipped.append(transcript.id)
+            prog.transcript_done(previous, skipped=True)
+            finished.add(str(p))
+        elif (
+            previous
+            and previous.complete
+            and previous.proposals_fingerprint == proposals_fingerprint(transcript, codebook, model, opts)
+        ):
+            # Only the thresholds changed (e.g. a calibration applied): re-split the stored proposals.
+            run.save_result(repartition(previous, opts.code_thresholds, opts.min_confidence, opts.review_codes, fp))
+            report.skipped.append(transcript.id)
+            report.rethresholded.append(transcript.id)
             prog.transcript_done(previous, skipped=True)
             finished.add(str(p))
         loaded.append(p)

@@ -116,6 +116,8 @@ def read_human_csv(
     for n, raw in enumerate(rows, start=2):
         row = {(k or "").strip(): (v if isinstance(v, str) else "") for k, v in raw.items()}
         tid, coder, code = (row.get(c, "").strip() for c in REQUIRED_COLUMNS)
+        if tid and not coder and not code:
+            continue  # a row of the coders' template (quallm calibrate --suggest) left uncoded
         problem: str | None = None
         if not (tid and coder and code):
             problem = "transcript_id, coder and code_id must not be empty"

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from quallm.agreement._binary import GROUP_STATS, PAIR_STATS, group_stats, pair_stats
+from quallm.agreement.probability import ProbabilityCalibration
 from quallm.agreement.units import MarkedUnits, UnitKind, mark_units
 from quallm.codings import Coding
 from quallm.errors import ConfigError
@@ -152,6 +153,9 @@ class AgreementReport(BaseModel):
     disagreements: list[Disagreement]
     issues: list[str]
     notes: list[str]
+    # How well the machine's probabilities forecast each human coder's marks (quallm.reconciling fills it:
+    # it needs the candidates below the threshold, which only a run directory has).
+    probability_calibration: list[ProbabilityCalibration] = []
 
 
 def is_reviewed_coder(coder: str, reviewed_coders: Collection[str] = ()) -> bool:

@@ -52,6 +52,8 @@ NAMESPACE = "urn:QDA-XML:project:1.0"
 _NS = f"{{{NAMESPACE}}}"
 # Fixed namespace for quallm's uuid5 GUIDs: the same key always gives the same GUID.
 GUID_NAMESPACE = uuid.UUID("6f1d3c1e-8a52-5b4e-9f0a-2d7c4e9b1a35")
+# Said in the note of a coding whose code a calibration did not find reliable (quallm calibrate).
+NEEDS_REVIEW_NOTE = "NEEDS REVIEW: the calibration on the human-coded sample did not find this code reliable."
 # Marks the quallm metadata line of a note and the quallm id inside a code's description.
 _NOTE_META = re.compile(r"^quallm: alignment=(?P<alignment>\w+)(?: confidence=(?P<confidence>[0-9.eE+-]+))?\s*$")
 _CODE_ID_LINE = re.compile(r"^quallm code id: (?P<id>\S+)", re.MULTILINE)
@@ -630,6 +632,8 @@ def _code_description(code: Any) -> str:
 def _note_text(c: Coding) -> str | None:
     """A coding's note: its rationale, then (for machine codings) a metadata line read back on import."""
     lines = [c.rationale.strip()] if c.rationale and c.rationale.strip() else []
+    if c.needs_review:
+        lines.append(NEEDS_REVIEW_NOTE)
     if c.alignment != "human" or c.confidence is not None:
         meta = f"quallm: alignment={c.alignment}"
         if c.confidence is not None:

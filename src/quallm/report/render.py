@@ -9,6 +9,7 @@ one and wraps in ``<mark>``; no HTML is ever spliced into unescaped text.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from quallm.agreement import AgreementReport, Disagreement, PairReport, format_estimate
+from quallm.agreement.probability import ProbabilityCalibration
 from quallm.codebook import Code, Codebook
 from quallm.codings import Coding
 from quallm.errors import InputError, QuallmError
@@ -162,6 +164,7 @@ class CodeView:
     exclude: tuple[str, ...]
     prevalence: str
     quotes: tuple[QuoteView, ...]
+    needs_review: int = 0  # codings a calibration marked: the code was not found reliable
 
 
 @dataclass(frozen=True)
@@ -297,6 +300,55 @@ def prevalence_svg(comparisons: Sequence[CodeComparison], column: str) -> Markup
                 f"{g.n_with_code}/{g.n_transcripts}</text>"
             )
         y += block
+    out.append("</svg>")
+    return Markup("\n".join(out))
+
+
+def reliability_svg(pc: ProbabilityCalibration) -> Markup:
+    """The calibration curve (reliability diagram): per probability bin, the share of the machine's
+    proposals the human coded too, against the diagonal of perfect calibration, with each bin's count.
+
+    Every piece of text is escaped here; numbers are formatted by quallm."""
+    if not pc.n:
+        return Markup("")
+    left, top, size, bottom = 50, 16, 300, 52
+    width, height = left + size + 20, top + size + bottom
+    x0, y0 = left, top + size
+
+    def px(v: float) -> float:
+        return x0 + size * v
+
+    def py(v: float) -> float:
+        return y0 - size * v
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-labelledby="rel-title-{escape(pc.coder)}">',
+        f'<title id="rel-title-{escape(pc.coder)}">Calibration of the machine\'s probabilities against '
+        f"{escape(pc.coder)}</title>",
+    ]
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        out.append(f'<line x1="{px(0):.1f}" y1="{py(v):.1f}" x2="{px(1):.1f}" y2="{py(v):.1f}" class="grid"/>')
+        out.append(f'<text x="{x0 - 6}" y="{py(v) + 4:.1f}" class="tick" text-anchor="end">{v:.2f}</text>')
+        out.append(f'<text x="{px(v):.1f}" y="{y0 + 14}" class="tick" text-anchor="middle">{v:.2f}</text>')
+    out.append(f'<line x1="{px(0):.1f}" y1="{py(0):.1f}" x2="{px(1):.1f}" y2="{py(1):.1f}" class="diagonal" '
+               'stroke="#888" stroke-dasharray="4 3"/>')
+    for b in pc.bins:
+        if not b.n or b.observed is None:
+            continue
+        bw = size * (b.high - b.low)
+        out.append(
+            f'<rect x="{px(b.low) + 1:.1f}" y="{py(b.observed):.1f}" width="{bw - 2:.1f}" '
+            f'height="{size * b.observed:.1f}" fill="#4c78a8" opacity="0.75"><title>probability {b.low:.1f}-'
+            f"{b.high:.1f}: {b.n} proposal(s), mean {b.mean_probability or 0:.2f}, human coded "
+            f"{b.observed:.0%}</title></rect>"
+        )
+        out.append(f'<text x="{px(b.low) + bw / 2:.1f}" y="{y0 + 28}" class="value" text-anchor="middle">'
+                   f"{b.n}</text>")
+    out.append(f'<text x="{x0 + size / 2}" y="{height - 6}" class="label" text-anchor="middle">machine probability '
+               "(count per bin above)</text>")
+    out.append(f'<text x="12" y="{top + size / 2}" class="label" text-anchor="middle" '
+               f'transform="rotate(-90 12 {top + size / 2})">share human-coded</text>')
     out.append("</svg>")
     return Markup("\n".join(out))
 
@@ -654,6 +706,7 @@ class _Builder:
                     )
                 )
         n = len(self.syn.transcript_ids)
+        review = Counter(c.code_id for r in self.results for c in r.codings if c.needs_review)
         views = []
         for row in self.syn.codes:
             code: Code | None = self.codebook.get(row.code_id)
@@ -668,6 +721,7 @@ class _Builder:
                     exclude=code.exclude if code else (),
                     prevalence=f"Coded {row.n_codings} time(s), in {format_share(row.n_transcripts, n)} transcripts.",
                     quotes=tuple(quotes.get(row.code_id, [])),
+                    needs_review=review.get(row.code_id, 0),
                 )
             )
         return views
@@ -750,6 +804,9 @@ class _Builder:
             "heat_peak": peak,
             "transcript_ids": self.syn.transcript_ids,
             "prevalence_svg": prevalence_svg(self.syn.by.codes, self.syn.by.column) if self.syn.by else Markup(""),
+            "reliability": [
+                (pc, reliability_svg(pc)) for pc in (agreement.probability_calibration if agreement else [])
+            ],
             "codes": self.codes(),
             "transcripts": self.transcripts(),
             "agreement": agreement,
@@ -808,4 +865,4 @@ def render_report(
     return out
 
 
-__all__ = ["build_report_html", "cut_turn", "prevalence_svg", "render_report"]
+__all__ = ["build_report_html", "cut_turn", "prevalence_svg", "reliability_svg", "render_report"]
