@@ -187,10 +187,6 @@ class RunDir:
         """Write manifest.json atomically."""
         atomic_write_text(self.path / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
-    def read_manifest(self) -> dict[str, Any]:
-        """The run's manifest (empty if missing)."""
-        p = self.path / "manifest.json"
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
     def write_outputs(self, results: Iterable[TranscriptResult], codebook: Codebook | None = None) -> OutputTotals:
         """Regenerate codings.csv and summaries.md from all results, streaming: one result in memory at a time."""

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import platform
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quallm import __version__
 from quallm.codebook import Codebook
 from quallm.errors import InputError, QuallmError
 from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs
@@ -19,7 +16,8 @@ from quallm.models.base import ChatModel
 from quallm.models.limits import LimitedModel
 from quallm.prompting import load_prompt
 from quallm.results import TranscriptResult
-from quallm.rundir import RunDir, locked, now_iso
+from quallm.run.manifest import InputEntry, Manifest
+from quallm.rundir import RunDir, locked
 from quallm.transcripts import InputOptions, gather_inputs, load_metadata, load_transcript, nothing_to_code
 
 
@@ -118,41 +116,29 @@ def _run_extraction(
     extractor = Extractor(LimitedModel(model, opts.concurrency) if opts.concurrency > 1 else model, codebook, opts)
     gathered = gather_inputs(inputs, input_options)
     paths = gathered.paths
-    started = now_iso()
-    manifest: dict[str, Any] = {
-        "quallm_version": __version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "status": "running",
-        "started": started,
-        "finished": None,
-        "model": {
-            "name": model.name,
-            "endpoint": model.endpoint,
-            "output_mode": model.output_mode.value,
-            **(model_info or {}),
-        },
-        "strategy": extractor.strategy,
-        "prompts": {n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary")},
-        "codebook": {
+    manifest = Manifest.begin(
+        model,
+        model_info,
+        strategy=extractor.strategy,
+        prompts={n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary")},
+        codebook={
             "name": codebook.name,
             "version": codebook.version,
             "hash": codebook.hash,
             "path": str(codebook_path) if codebook_path else None,
             "codes": len(codebook.codes),
         },
-        "parameters": opts.model_dump(mode="json"),
-        "metadata_file": str(metadata_path) if metadata_path else None,
-        "inputs": [],
-    }
-    run.write_manifest(manifest)
+        parameters=opts.model_dump(mode="json"),
+        metadata_file=str(metadata_path) if metadata_path else None,
+    )
+    run.write_manifest(manifest.to_json())
     prog.start(len(paths) + len(gathered.errors))
-    inputs_info: list[dict[str, Any]] = []
+    inputs_info: list[InputEntry] = []
 
     def refuse(file: str, exc: QuallmError) -> None:
         report.errors.append(str(exc))
         run.log("input_error", file=file, message=str(exc))
-        inputs_info.append({"file": file, "error": str(exc)})
+        inputs_info.append(InputEntry(file=file, error=str(exc)))
         prog.transcript_done(None)
 
     for w in gathered.warnings:
@@ -176,7 +162,7 @@ def _run_extraction(
         except Exception as exc:  # a surprise in one file is that file's error line, never the batch's end
             refuse(str(p), InputError(p, f"cannot read ({type(exc).__name__}: {exc})"))
             continue
-        inputs_info.append({"file": str(p), "transcript_id": transcript.id, "sha256": digest})
+        inputs_info.append(InputEntry(file=str(p), transcript_id=transcript.id, sha256=digest))
         empty = nothing_to_code(transcript, opts.coded_speakers)
         for w in (*transcript.warnings, *([empty] if empty else [])):
             report.warnings.append(w)
@@ -238,11 +224,10 @@ def _run_extraction(
     totals = run.write_outputs(run.iter_results(), codebook)  # streamed: flat memory in the run's size
     report.codings = totals.codings
     report.ungrounded = totals.ungrounded
-    manifest.update(
-        status="finished" if report.ok else "finished with problems",
-        finished=now_iso(),
-        inputs=inputs_info,
-        counts={
+    manifest.finish(
+        report.ok,
+        inputs_info,
+        {
             "inputs": len(paths) + len(gathered.errors),
             "transcripts_done": len(report.done),
             "transcripts_skipped_already_done": len(report.skipped),
@@ -255,7 +240,7 @@ def _run_extraction(
             "prompt_tokens": totals.prompt_tokens,
             "completion_tokens": totals.completion_tokens,
         },
-        errors=report.errors,
+        report.errors,
     )
-    run.write_manifest(manifest)
+    run.write_manifest(manifest.to_json())
     return report

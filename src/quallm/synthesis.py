@@ -36,6 +36,7 @@ from quallm.models.base import ChatModel, ChatRequest, Usage
 from quallm.prompting import PromptTemplate, codebook_values, load_prompt
 from quallm.reask import ask
 from quallm.results import Failure, TranscriptResult, points_from_old_layout
+from quallm.run.opening import OpenRun, open_run
 from quallm.rundir import RunDir, atomic_write_text, now_iso
 
 SMALL_GROUP = 5  # a group with fewer transcripts than this makes a comparison descriptive only
@@ -149,35 +150,9 @@ class Synthesis(BaseModel):
 # --- the run's codebook and metadata -------------------------------------------------------------
 
 
-def _candidates(raw: str, run_path: Path) -> list[Path]:
-    p = Path(raw)
-    if p.is_absolute():
-        return [p]
-    # Manifests keep paths as given, i.e. relative to where the run was started; try the likely roots.
-    return [Path.cwd() / p, run_path / p, run_path.parent / p]
-
-
-def resolve_run_path(run: RunDir, raw: str | None) -> Path | None:
-    """The file a manifest path names, looked for as given, then next to and inside the run directory."""
-    if not raw:
-        return None
-    return next((c for c in _candidates(raw, run.path) if c.is_file()), None)
-
-
-def run_codebook(run: RunDir, codebook: Codebook | None = None) -> tuple[Codebook, list[str]]:
+def run_codebook(run: str | Path | RunDir | OpenRun, codebook: Codebook | None = None) -> tuple[Codebook, list[str]]:
     """The codebook the run used (``codebook`` if given, else the file in its manifest), and notes."""
-    info = run.read_manifest().get("codebook") or {}
-    notes: list[str] = []
-    if codebook is None:
-        path = resolve_run_path(run, info.get("path"))
-        if path is None:
-            raise ConfigError(
-                f"{run.path}: the run's codebook file {info.get('path')!r} was not found; pass the codebook explicitly"
-            )
-        codebook = Codebook.load(path)
-    if info.get("hash") and info["hash"] != codebook.hash:
-        notes.append("The codebook given differs from the one the run used (hash mismatch): labels may have changed.")
-    return codebook, notes
+    return open_run(run, need_manifest=False).codebook(codebook)
 
 
 def metadata_columns(results: Sequence[TranscriptResult]) -> list[str]:
@@ -418,16 +393,16 @@ def compare_groups(
 
 
 def synthesise(
-    run_dir: str | Path | RunDir, by: str | None = None, *, codebook: Codebook | None = None, seed: int = 0
+    run_dir: str | Path | RunDir | OpenRun, by: str | None = None, *, codebook: Codebook | None = None, seed: int = 0
 ) -> Synthesis:
     """The code x transcript matrix of a run and, when ``by`` names a metadata column, prevalence by group.
 
     ``codebook`` defaults to the file named in the run's manifest. ``seed`` seeds the Monte Carlo test,
     used only when a 2 x k table has too many possible tables to enumerate.
     """
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    results = run.results()
-    cb, notes = run_codebook(run, codebook)
+    run = open_run(run_dir, need_manifest=False)
+    results = run.results
+    cb, notes = run.codebook(codebook)
     rows = _code_rows(cb, results, notes)
     incomplete = tuple(r.transcript_id for r in results if not r.complete)
     if incomplete:
@@ -876,7 +851,7 @@ def _quote(c: Coding) -> StudyQuote:
 
 
 def study_summary(
-    run_dir: str | Path | RunDir,
+    run_dir: str | Path | RunDir | OpenRun,
     model: ChatModel,
     by: str | None = None,
     *,
@@ -892,10 +867,10 @@ def study_summary(
     model never writes them. A failed call is recorded in ``failures`` and its codes keep their quotes.
     """
     opts = options or StudyOptions()
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = open_run(run_dir, need_manifest=False)
     syn = synthesise(run, by, codebook=codebook, seed=opts.seed)
-    cb, _ = run_codebook(run, codebook)
-    results = run.results()
+    cb, _ = run.codebook(codebook)
+    results = run.results
     grounded: dict[str, list[Coding]] = {}
     for r in results:
         for c in r.codings:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,7 +12,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from quallm import __version__
 from quallm.codebook import DEFAULT_KINDS
 from quallm.discovery.candidates import Candidate, CandidateFinder, CandidateSet, DiscoverOptions
 from quallm.discovery.consolidate import Theme, consolidate
@@ -25,7 +22,8 @@ from quallm.errors import InputError, QuallmError
 from quallm.models.base import ChatModel
 from quallm.models.limits import LimitedModel
 from quallm.prompting import load_prompt
-from quallm.rundir import RunDir, atomic_write_text, locked, now_iso
+from quallm.run.manifest import InputEntry, Manifest
+from quallm.rundir import RunDir, atomic_write_text, locked
 from quallm.runner import Progress
 from quallm.transcripts import InputOptions, gather_inputs, load_transcript, nothing_to_code
 from quallm.transcripts.model import Transcript
@@ -152,31 +150,26 @@ def _run_discovery(
     report = DiscoveryReport(out=run.path)
     chat = LimitedModel(model, opts.concurrency) if opts.concurrency > 1 else model
     finder = CandidateFinder(chat, opts)
-    manifest: dict[str, Any] = {
-        "command": "discover",
-        "quallm_version": __version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "status": "running",
-        "started": now_iso(),
-        "finished": None,
-        "model": {"name": model.name, "endpoint": model.endpoint, **(model_info or {})},
-        "embedder": embedder.name,
-        "prompts": {n: load_prompt(n).hash for n in _PROMPTS},
-        "parameters": opts.model_dump(mode="json"),
-        "inputs": [],
-    }
-    run.write_manifest(manifest)
+    manifest = Manifest.begin(
+        model,
+        model_info,
+        output_mode=False,
+        command="discover",
+        embedder=embedder.name,
+        prompts={n: load_prompt(n).hash for n in _PROMPTS},
+        parameters=opts.model_dump(mode="json"),
+    )
+    run.write_manifest(manifest.to_json())
     gathered = gather_inputs(inputs, input_options)
     paths = gathered.paths
     prog.start((len(paths) + len(gathered.errors)) * opts.repeats)
-    inputs_info: list[dict[str, Any]] = []
+    inputs_info: list[InputEntry] = []
     loaded: list[Transcript] = []
 
     def refuse(file: str, exc: QuallmError) -> None:
         report.errors.append(str(exc))
         run.log("input_error", file=file, message=str(exc))
-        inputs_info.append({"file": file, "error": str(exc)})
+        inputs_info.append(InputEntry(file=file, error=str(exc)))
         for _ in range(opts.repeats):
             prog.transcript_done(None)
 
@@ -194,7 +187,7 @@ def _run_discovery(
         except Exception as exc:  # a surprise in one file is that file's error line, never the batch's end
             refuse(str(p), InputError(p, f"cannot read ({type(exc).__name__}: {exc})"))
             continue
-        inputs_info.append({"file": str(p), "transcript_id": t.id})
+        inputs_info.append(InputEntry(file=str(p), transcript_id=t.id))
         empty = nothing_to_code(t, opts.coded_speakers)
         for w in (*t.warnings, *([empty] if empty else [])):
             report.warnings.append(w)
@@ -288,11 +281,10 @@ def _run_discovery(
     else:
         report.notes.append("no theme was found in enough transcripts: codebook.draft.yaml not written")
         draft.unlink(missing_ok=True)
-    manifest.update(
-        status="finished" if report.ok else "finished with problems",
-        finished=now_iso(),
-        inputs=inputs_info,
-        counts={
+    manifest.finish(
+        report.ok,
+        inputs_info,
+        {
             "inputs": len(paths) + len(gathered.errors),
             "transcripts": len(loaded),
             "runs_done": report.done,
@@ -307,7 +299,7 @@ def _run_discovery(
             "prompt_tokens": sum(cs.usage.prompt_tokens for cs in sets),
             "completion_tokens": sum(cs.usage.completion_tokens for cs in sets),
         },
-        errors=report.errors,
+        report.errors,
     )
-    run.write_manifest(manifest)
+    run.write_manifest(manifest.to_json())
     return report

@@ -44,8 +44,7 @@ from quallm.codings import Alignment, Coding
 from quallm.errors import InputError
 from quallm.exchange.archive import ArchiveLimits, SafeArchive, is_zip
 from quallm.review.derive import reviewed_codings
-from quallm.rundir import RunDir
-from quallm.transcripts import load_transcript
+from quallm.run.opening import open_run
 from quallm.transcripts.model import Transcript
 
 NAMESPACE = "urn:QDA-XML:project:1.0"
@@ -921,17 +920,12 @@ def export_run(
     codings or the review log are added to the summary's ``skipped``.
     """
 
-    run = RunDir(run_dir)
-    manifest = run.read_manifest()
-    if not manifest:
-        raise InputError(run.path, "not a quallm run directory (no manifest.json)")
-    results = run.results()
-    files = {i["transcript_id"]: i["file"] for i in manifest.get("inputs", []) if i.get("transcript_id")}
-    transcripts = [load_transcript(files.get(r.transcript_id, r.source)) for r in results]
-    cb_path = (manifest.get("codebook") or {}).get("path")
-    if not cb_path:
+    run = open_run(run_dir)
+    results = run.results
+    transcripts = run.transcripts()
+    if not (run.manifest.codebook and run.manifest.codebook.path):
         raise InputError(run.path / "manifest.json", "names no codebook file (codebook.path)")
-    codebook = Codebook.load(cb_path)
+    codebook, _ = run.codebook()
     codings = [c for r in results for c in r.codings]
     problems: list[str] = []
     human_path = Path(include_human) if include_human else run.path / "human_codings.json"
@@ -941,7 +935,7 @@ def export_run(
     reviewed = reviewed_codings(run.path)
     codings.extend(reviewed.codings)
     problems.extend(reviewed.problems)
-    model = (manifest.get("model") or {}).get("name")
+    model = run.manifest.model.name
     summary = write_qdpx(
         out_path, transcripts, codebook, codings,
         project_name=project_name or f"quallm run {run.path.name}",
