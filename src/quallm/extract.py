@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from quallm.chunking import Chunk, Segment, chunk_transcript, sentence_spans
+from quallm.chunking import Chunk, Segment, chunk_transcript
 from quallm.codebook import Codebook
 from quallm.codings import Coding
+from quallm.core.spans import align_quote, sentence_spans
 from quallm.errors import ModelError, TruncatedOutputError
-from quallm.grounding import align_quote
 from quallm.models.base import ChatModel, ChatRequest, Usage
 from quallm.prompting import PromptTemplate, codebook_values, load_prompt, render_code, render_codebook
 from quallm.reask import ask

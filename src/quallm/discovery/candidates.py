@@ -2,7 +2,7 @@
 
 Each chunk of a transcript is sent whole (the interviewer's turns marked as such). The model answers
 with candidate challenges and enablers, each with a label, a one-sentence description and a quote;
-the quote is aligned to the interviewee's words in the chunk (``grounding.align_quote``: exact,
+the quote is aligned to the interviewee's words in the chunk (``core.spans.align_quote``: exact,
 normalised, fuzzy), and a candidate whose quote cannot be found is dropped and logged.
 """
 
@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from quallm.chunking import Chunk, chunk_transcript
 from quallm.codebook import DEFAULT_KINDS
 from quallm.codebook import Kind as Category
+from quallm.core.spans import align_quote
 from quallm.errors import ModelError
-from quallm.grounding import align_quote
 from quallm.models.base import ChatModel, ChatRequest, Usage
 from quallm.prompting import kind_values, load_prompt
 from quallm.reask import ask
