@@ -30,6 +30,7 @@ from quallm.codings import Coding
 from quallm.core.spans import align_quote, sentence_spans
 from quallm.errors import ModelError, TruncatedOutputError
 from quallm.models.base import ChatModel, ChatRequest, Usage
+from quallm.models.profile import profile_of
 from quallm.prompting import PromptTemplate, codebook_values, load_prompt, render_code, render_codebook
 from quallm.reask import ask
 from quallm.results import Failure, TranscriptResult, Ungrounded
@@ -39,13 +40,6 @@ from quallm.tokenizers import CallableTokenizer
 from quallm.transcripts.model import Transcript
 
 Strategy = Literal["auto", "turn", "chunk"]
-
-#: Transcript tokens per request the CLI uses by default: small for an in-process model (its context is
-#: 8,192 tokens and it codes short excerpts better), large for remote models, whose contexts hold a whole
-#: interview, so the instructions and codebook (about 2,000 tokens for the demo) are sent less often.
-LOCAL_CHUNK_TOKENS = 3000
-REMOTE_CHUNK_TOKENS = 12000
-
 
 class ExtractOptions(BaseModel):
     """Settings that change what extraction produces (all part of the resume fingerprint)."""
@@ -79,7 +73,7 @@ def resolve_strategy(options: ExtractOptions, model: ChatModel) -> Literal["turn
     """The strategy actually used: ``auto`` means ``turn`` for local models, else ``chunk``."""
     if options.strategy != "auto":
         return options.strategy
-    return "turn" if model.endpoint.startswith("local:") else "chunk"
+    return profile_of(model).strategy
 
 
 def fingerprint(transcript: Transcript, codebook: Codebook, model: ChatModel, options: ExtractOptions) -> str:
