@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -156,6 +156,13 @@ class RunDir:
         except (json.JSONDecodeError, ValueError):
             return None
 
+    def finished_result(self, transcript_id: str, fingerprint: str) -> TranscriptResult | None:
+        """The saved result of ``transcript_id`` when it is complete and made from the same inputs, else None."""
+        previous = self.load_result(transcript_id)
+        if previous is not None and previous.complete and previous.fingerprint == fingerprint:
+            return previous
+        return None
+
     def save_result(self, result: TranscriptResult) -> None:
         """Write one result atomically."""
         atomic_write_text(
@@ -183,9 +190,10 @@ class RunDir:
         with open(self.path / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line, ensure_ascii=False) + "\n")
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Write manifest.json atomically."""
-        atomic_write_text(self.path / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    def write_manifest(self, manifest: str | Mapping[str, Any]) -> None:
+        """Write manifest.json atomically: the text of :meth:`quallm.run.Manifest.dumps`, or a JSON object."""
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        atomic_write_text(self.path / "manifest.json", text)
 
 
     def write_outputs(self, results: Iterable[TranscriptResult], codebook: Codebook | None = None) -> OutputTotals:

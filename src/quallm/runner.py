@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quallm.codebook import Codebook
-from quallm.errors import InputError, QuallmError
 from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs
-from quallm.hashing import sha256_file
 from quallm.models.base import ChatModel
 from quallm.models.limits import LimitedModel
 from quallm.prompting import load_prompt
 from quallm.results import TranscriptResult
-from quallm.run.manifest import InputEntry, Manifest
+from quallm.run.batch import BatchInputs, run_pool
+from quallm.run.manifest import Manifest
 from quallm.rundir import RunDir, locked
-from quallm.transcripts import InputOptions, gather_inputs, load_metadata, load_transcript, nothing_to_code
+from quallm.transcripts import InputOptions, load_metadata, load_transcript
 
 
 @dataclass
@@ -114,8 +112,7 @@ def _run_extraction(
     report = RunReport(out=run.path)
     metadata = load_metadata(metadata_path) if metadata_path else {}
     extractor = Extractor(LimitedModel(model, opts.concurrency) if opts.concurrency > 1 else model, codebook, opts)
-    gathered = gather_inputs(inputs, input_options)
-    paths = gathered.paths
+    batch = BatchInputs(run, inputs, input_options, on_refused=lambda: prog.transcript_done(None))
     manifest = Manifest.begin(
         model,
         model_info,
@@ -131,49 +128,25 @@ def _run_extraction(
         parameters=opts.model_dump(mode="json"),
         metadata_file=str(metadata_path) if metadata_path else None,
     )
-    run.write_manifest(manifest.to_json())
-    prog.start(len(paths) + len(gathered.errors))
-    inputs_info: list[InputEntry] = []
-
-    def refuse(file: str, exc: QuallmError) -> None:
-        report.errors.append(str(exc))
-        run.log("input_error", file=file, message=str(exc))
-        inputs_info.append(InputEntry(file=file, error=str(exc)))
-        prog.transcript_done(None)
-
-    for w in gathered.warnings:
-        report.warnings.append(w)
-        run.log("warning", message=w)
-    for err in gathered.errors:
-        refuse(err.path, err)
+    run.write_manifest(manifest.dumps())
+    prog.start(batch.total)
+    batch.report_gathered()
     loaded: list[Path] = []  # paths, not transcripts: memory stays flat in the number of inputs
     sizes: list[int | None] = []  # for packing short transcripts into shared requests (chunk strategy)
     finished: set[str] = set()  # transcripts already done in an earlier run (by path)
-    for p in paths:
-        if should_stop and should_stop():
-            break
-        try:
-            transcript = load_transcript(p, metadata.get(p.stem))
-            size = extractor.pack_size(transcript)
-            digest = sha256_file(p)
-        except QuallmError as exc:
-            refuse(str(p), exc)
-            continue
-        except Exception as exc:  # a surprise in one file is that file's error line, never the batch's end
-            refuse(str(p), InputError(p, f"cannot read ({type(exc).__name__}: {exc})"))
-            continue
-        inputs_info.append(InputEntry(file=str(p), transcript_id=transcript.id, sha256=digest))
-        empty = nothing_to_code(transcript, opts.coded_speakers)
-        for w in (*transcript.warnings, *([empty] if empty else [])):
-            report.warnings.append(w)
-            run.log("warning", transcript_id=transcript.id, message=w)
-        previous = run.load_result(transcript.id)
-        if previous and previous.complete and previous.fingerprint == fingerprint(transcript, codebook, model, opts):
+    for p, transcript, size in batch.read(
+        metadata=metadata, coded_speakers=opts.coded_speakers, probe=extractor.pack_size, hash_files=True,
+        should_stop=should_stop,
+    ):
+        previous = run.finished_result(transcript.id, fingerprint(transcript, codebook, model, opts))
+        if previous is not None:
             report.skipped.append(transcript.id)
             prog.transcript_done(previous, skipped=True)
             finished.add(str(p))
         loaded.append(p)
         sizes.append(size)
+    report.errors.extend(batch.errors)
+    report.warnings.extend(batch.warnings)
     # Packs are planned over every input, finished or not, so a resumed run sends the very requests
     # the first run sent (answered from the cache) rather than new packs of what is left.
     jobs = [
@@ -204,31 +177,17 @@ def _run_extraction(
             (report.incomplete if result.failures else report.done).append(result.transcript_id)
             prog.transcript_done(result)
 
-    if opts.concurrency <= 1:
-        for job in jobs:
-            finish(code(job))
-    else:
-        # Transcripts run concurrently too, so many short transcripts keep the endpoint busy; one
-        # semaphore around the model caps the requests in flight for the whole run.
-        # A sliding window of submissions, so finished results are written and freed as they come.
-        with ThreadPoolExecutor(max_workers=opts.concurrency) as pool:
-            pending: set[Future[list[TranscriptResult]]] = set()
-            for job in jobs:
-                pending.add(pool.submit(code, job))
-                if len(pending) >= 2 * opts.concurrency:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        finish(future.result())
-            for future in list(pending):
-                finish(future.result())
+    # Transcripts run concurrently too, so many short transcripts keep the endpoint busy; one
+    # semaphore around the model caps the requests in flight for the whole run.
+    run_pool(jobs, code, finish, opts.concurrency)
     totals = run.write_outputs(run.iter_results(), codebook)  # streamed: flat memory in the run's size
     report.codings = totals.codings
     report.ungrounded = totals.ungrounded
     manifest.finish(
         report.ok,
-        inputs_info,
+        batch.entries,
         {
-            "inputs": len(paths) + len(gathered.errors),
+            "inputs": batch.total,
             "transcripts_done": len(report.done),
             "transcripts_skipped_already_done": len(report.skipped),
             "transcripts_incomplete": len(report.incomplete),
@@ -242,5 +201,5 @@ def _run_extraction(
         },
         report.errors,
     )
-    run.write_manifest(manifest.to_json())
+    run.write_manifest(manifest.dumps())
     return report

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import Required, TypedDict  # pydantic needs this TypedDict before Python 3.12
 
 from quallm import __version__
 from quallm.models.base import ChatModel
@@ -22,13 +23,16 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class InputEntry(_Open):
-    """One input file: the transcript it gave and its hash, or why it was refused."""
+class InputEntry(TypedDict, total=False):
+    """One input file: the transcript it gave and its hash, or why it was refused.
 
-    file: str
-    transcript_id: str | None = None
-    sha256: str | None = None
-    error: str | None = None
+    A typed dict, not a model: a run keeps one per input until it ends, and a dict is a fifth of the size.
+    """
+
+    file: Required[str]
+    transcript_id: str
+    sha256: str
+    error: str
 
 
 class ModelFacts(_Open):
@@ -109,6 +113,11 @@ class Manifest(_Open):
         """The JSON object written to ``manifest.json`` (fields never set are left out)."""
         return self.model_dump(mode="json", exclude_unset=True)
 
+    def dumps(self) -> str:
+        """``manifest.json``'s text: as ``json.dumps(to_json(), indent=2, ensure_ascii=False)``, written by
+        pydantic's serializer straight to text, so a run of many inputs is not copied into Python objects."""
+        return self.model_dump_json(exclude_unset=True, indent=2) + "\n"
+
     def input_for(self, transcript_id: str) -> InputEntry | None:
         """The input entry of ``transcript_id``, if the run read one."""
-        return next((i for i in self.inputs if i.transcript_id == transcript_id), None)
+        return next((i for i in self.inputs if i.get("transcript_id") == transcript_id), None)

@@ -81,8 +81,8 @@ class OpenRun:
     def transcript_file(self, result: TranscriptResult) -> tuple[str, Path | None]:
         """The path the manifest gives for ``result``'s transcript, and where it is now (None if not found)."""
         entry = self.manifest.input_for(result.transcript_id)
-        raw = (entry.file if entry else None) or result.source
-        return raw, self.locate(raw, entry.sha256 if entry else None)
+        raw = (entry["file"] if entry else None) or result.source
+        return raw, self.locate(raw, entry.get("sha256") if entry else None)
 
     def transcript(self, result: TranscriptResult) -> Transcript:
         """``result``'s transcript read again; :class:`InputError` naming the file when it cannot be."""
@@ -92,7 +92,8 @@ class OpenRun:
     def transcript_changed(self, result: TranscriptResult, path: Path) -> bool:
         """True when the file at ``path`` is not the one the run read (its sha256 differs)."""
         entry = self.manifest.input_for(result.transcript_id)
-        return bool(entry and entry.sha256 and entry.sha256 != sha256_file(path))
+        digest = entry.get("sha256") if entry else None
+        return bool(digest and digest != sha256_file(path))
 
     def transcripts(self) -> list[Transcript]:
         """Every result's transcript, in the order of :attr:`results`; the first unreadable one raises."""
