@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from quallm.cli import app
 from quallm.models.fake import FakeModel
+from quallm.outputs.study_summary import study_summary
 from quallm.review.session import ReviewSession
 from quallm.run import Manifest, open_run
-from quallm.synthesis import study_summary
 
 RECORDINGS = ROOT / "fixtures" / "recordings" / "demo"
 runner = CliRunner()

@@ -846,8 +846,8 @@ def synthesise(
 
     Writes synthesis.json, matrix.csv and prevalence_by_<column>.csv.
     """
-    from quallm.synthesis import synthesise as do_synthesise
-    from quallm.synthesis import write_synthesis
+    from quallm.analysis.synthesis import synthesise as do_synthesise
+    from quallm.analysis.synthesis import write_synthesis
 
     try:
         s = do_synthesise(run_dir, by, codebook=_codebook_or_none(codebook))
@@ -886,7 +886,7 @@ def study_summary_cmd(
     The model writes the prose (map per code, then reduce); every number is computed by quallm and every
     quote is an existing grounded coding. Writes study_summary.json and study_summary.md.
     """
-    from quallm.synthesis import StudyOptions, study_summary, write_study_summary
+    from quallm.outputs.study_summary import StudyOptions, study_summary, write_study_summary
 
     try:
         built = _build(

@@ -45,8 +45,8 @@ class ChunkAnswer(BaseModel):
     codings: list[ChunkCoding] = Field(default_factory=list)
 
 
-class SummaryPoint(BaseModel):
-    """What the interviewee said about one code, with evidence numbers."""
+class SummaryAnswerPoint(BaseModel):
+    """What the interviewee said about one code, with evidence numbers (as the model answers it)."""
 
     model_config = ConfigDict(extra="ignore")
     code_id: str
@@ -59,7 +59,7 @@ class SummaryAnswer(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     narrative: str
-    points: list[SummaryPoint] = Field(default_factory=list)
+    points: list[SummaryAnswerPoint] = Field(default_factory=list)
 
 
 def _obj(props: dict[str, Any]) -> dict[str, Any]:

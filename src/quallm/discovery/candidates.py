@@ -27,7 +27,7 @@ from quallm.schemas import DiscoveryAnswer, discovery_schema
 from quallm.tokenizers import TiktokenTokenizer
 from quallm.transcripts.model import Transcript
 
-Kind = str  # the name of one of DiscoverOptions.kinds
+KindName = str  # the name of one of DiscoverOptions.kinds (a codebook.Kind, by name)
 CHUNK_ENCODING = "o200k_base"
 
 
@@ -76,7 +76,7 @@ class Candidate(BaseModel):
     transcript_id: str
     repeat: int
     chunk: int
-    kind: Kind
+    kind: KindName
     label: str
     description: str
     quotes: tuple[Quote, ...]
@@ -202,7 +202,7 @@ class CandidateFinder:
                 # Not re-asked: at temperature 0 the 1.5B model gave "Challenge" again after being told.
                 generic += 1
                 continue
-            theme_kind: Kind = t.kind
+            theme_kind: KindName = t.kind
             quote = self._ground(transcript, chunk, t.quote)
             if quote is None:
                 lost.append(Ungrounded(code_id=label, quote=t.quote, where="discovery"))

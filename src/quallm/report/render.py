@@ -20,9 +20,19 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from quallm.agreement import AgreementReport, Disagreement, PairReport, format_estimate
+from quallm.analysis.synthesis import (
+    CodeComparison,
+    Synthesis,
+    default_group_column,
+    format_p,
+    format_share,
+    group_line,
+    synthesise,
+)
 from quallm.codebook import Code, Codebook
 from quallm.codings import Coding
 from quallm.errors import InputError, QuallmError
+from quallm.outputs.study_summary import StudySummary, read_study_summary
 from quallm.results import Summary, SummaryPoint, TranscriptResult
 from quallm.review.decisions import REVIEW_FILE, read_log
 from quallm.review.derive import review_counts
@@ -30,17 +40,6 @@ from quallm.review.state import fold
 from quallm.review.state import reviewers as review_reviewers
 from quallm.run.opening import OpenRun, open_run
 from quallm.rundir import RunDir, atomic_write_text, now_iso
-from quallm.synthesis import (
-    CodeComparison,
-    StudySummary,
-    Synthesis,
-    default_group_column,
-    format_p,
-    format_share,
-    group_line,
-    read_study_summary,
-    synthesise,
-)
 from quallm.transcripts import load_transcript
 from quallm.transcripts.model import Transcript
 

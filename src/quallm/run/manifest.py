@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import Required, TypedDict  # pydantic needs this TypedDict before Python 3.12
 
 from quallm import __version__
-from quallm.models.base import ChatModel
 from quallm.rundir import now_iso
+
+
+class _Model(Protocol):
+    """What the manifest records of a chat model (its name and endpoint identity; its output mode)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def output_mode(self) -> Any: ...
 
 
 class _Open(BaseModel):
@@ -77,7 +87,7 @@ class Manifest(_Open):
     @classmethod
     def begin(
         cls,
-        model: ChatModel,
+        model: _Model,
         model_info: dict[str, Any] | None = None,
         *,
         output_mode: bool = True,
