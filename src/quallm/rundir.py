@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from quallm.codebook import Codebook, Kind, kind_sections
 from quallm.csvsafe import SafeWriter
 from quallm.errors import InputError, RunLockedError
+from quallm.files import atomic_write_text
 from quallm.redact import redact_value
 from quallm.results import TranscriptResult
 
@@ -36,17 +37,6 @@ CODINGS_COLUMNS = [
     "rationale",
     "confidence",
 ]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the whole new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 LOCK_FILE = ".quallm.lock"

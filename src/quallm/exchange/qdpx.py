@@ -27,7 +27,6 @@ import json
 import os
 import re
 import tempfile
-import uuid
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,14 +42,13 @@ from quallm.codebook import Codebook
 from quallm.codings import Alignment, Coding
 from quallm.errors import InputError
 from quallm.exchange.archive import ArchiveLimits, SafeArchive, is_zip
+from quallm.exchange.refi import _guid, code_guid, kind_folder_guid, pick_qde, source_guid, user_guid
 from quallm.review.derive import reviewed_codings
 from quallm.run.opening import open_run
 from quallm.transcripts.model import Transcript
 
 NAMESPACE = "urn:QDA-XML:project:1.0"
 _NS = f"{{{NAMESPACE}}}"
-# Fixed namespace for quallm's uuid5 GUIDs: the same key always gives the same GUID.
-GUID_NAMESPACE = uuid.UUID("6f1d3c1e-8a52-5b4e-9f0a-2d7c4e9b1a35")
 # Marks the quallm metadata line of a note and the quallm id inside a code's description.
 _NOTE_META = re.compile(r"^quallm: alignment=(?P<alignment>\w+)(?: confidence=(?P<confidence>[0-9.eE+-]+))?\s*$")
 _CODE_ID_LINE = re.compile(r"^quallm code id: (?P<id>\S+)", re.MULTILINE)
@@ -102,34 +100,10 @@ class QdpxExport(BaseModel):
 # --------------------------------------------------------------------------------------------- GUIDs
 
 
-def _guid(key: str) -> str:
-    return str(uuid.uuid5(GUID_NAMESPACE, key))
-
-
-def code_guid(code_id: str) -> str:
-    """The GUID quallm gives a code in exports (stable: uuid5 of the code id)."""
-    return _guid(f"code:{code_id}")
-
-
-def kind_folder_guid(kind: str) -> str:
-    """The GUID of the non-codable folder that holds a flat codebook's codes of one kind in exports."""
-    return _guid(f"kind:{kind}")
-
-
 def _guid_of(codebook: Codebook, code_id: str) -> str:
     """A code's GUID in exports: the one it was imported with, else quallm's stable one."""
     code = codebook.get(code_id)
     return code.guid if code is not None and code.guid else code_guid(code_id)
-
-
-def source_guid(transcript_id: str) -> str:
-    """The GUID quallm gives a transcript's text source in exports."""
-    return _guid(f"source:{transcript_id}")
-
-
-def user_guid(name: str) -> str:
-    """The GUID quallm gives a coder in exports."""
-    return _guid(f"user:{name}")
 
 
 def _norm_guid(raw: str | None) -> str:
@@ -178,7 +152,7 @@ def _open_project(p: Path, limits: ArchiveLimits | None = None) -> tuple[bytes, 
     if is_zip(p):
         archive = SafeArchive(p, limits)
         try:
-            qde = _pick_qde(archive.names())
+            qde = pick_qde(archive.names())
             if qde is None:
                 raise InputError(p, "no project.qde in the archive (a .qdpx is a zip holding project.qde)")
             xml = archive.read(qde)
@@ -220,19 +194,6 @@ def _open_project(p: Path, limits: ArchiveLimits | None = None) -> tuple[bytes, 
         return None
 
     return xml, beside, None
-
-
-def _pick_qde(names: Sequence[str]) -> str | None:
-    for n in names:
-        if n.lower() == "project.qde":
-            return n
-    top = [n for n in names if n.lower().endswith(".qde") and "/" not in n]
-    anywhere = [n for n in names if n.lower().endswith(".qde")]
-    # Some tools name the file after the project; accept one unambiguous .qde.
-    for group in (top, anywhere):
-        if len(group) == 1:
-            return group[0]
-    return None
 
 
 def _parse_project(p: Path, xml: bytes) -> Any:
