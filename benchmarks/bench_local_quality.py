@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--max-codes", type=int, default=None, help="codes an answer may get (default: the library's)")
     ap.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                     help="yes/no verification of each proposal (default: the library's)")
+    ap.add_argument("--scoring", choices=["tokens", "yesno"], default=None, help="how probabilities are read")
     ap.add_argument("--min-confidence", type=float, default=None, help="probability threshold (default: library's)")
     ap.add_argument("--summary", action="store_true", help="also write summaries and score their prose")
     ap.add_argument("--limit", type=int, default=0, help="only the first N transcripts")
@@ -132,6 +133,8 @@ def main() -> None:
         opts["max_codes_per_unit"] = args.max_codes
     if args.verify is not None and "verify" in fields:
         opts["verify"] = args.verify
+    if args.scoring is not None:
+        opts["scoring"] = args.scoring
     if args.min_confidence is not None and "min_confidence" in fields:
         opts["min_confidence"] = args.min_confidence
     options = ExtractOptions(**opts)
@@ -159,6 +162,12 @@ def main() -> None:
     probs = [(c.probability, ok) for c, ok in right if c.probability is not None]
     a = auc([p for p, ok in probs if ok], [p for p, ok in probs if not ok])
 
+    if args.dump:
+        args.dump.write_text(json.dumps({
+            "proposals": [{**c.model_dump(mode="json"), "right": ok, "reported": c in machine} for c, ok in right],
+            "gold": sorted([list(g) for g in gold]),
+            "turns": sum(r.n_coded_units for r in results),
+        }, indent=1))
     print(f"set: {args.set}  model: {info.get('file') or choice.model}  strategy: {extractor.strategy}")
     print(f"options: {options.model_dump(exclude={'concurrency'})}")
     print(f"transcripts: {len(transcripts)}  respondent turns coded: {sum(r.n_coded_units for r in results)}")
@@ -183,6 +192,9 @@ def main() -> None:
         print("\nthreshold sweep (pooled, machine vs reference):  threshold kappa P R codings")
         for th in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
             kept = [c for c in proposals if c.probability is None or c.probability >= th]
+            if not kept:
+                print(f"  {th:.1f} (no codings)")
+                continue
             rep = _score(transcripts, kept, human, codes, extractor.coder, reference, 0)
             pair = next((x for x in rep.pairs if {extractor.coder, reference} == {x.coder_a, x.coder_b}), None)
             if pair is None:
@@ -195,10 +207,6 @@ def main() -> None:
         share, own, n_points, n_sent = _prose_shares(results, codebook)
         print(f"\nsummaries: {share:.2f} of {n_points} points carry model prose; "
               f"{own:.2f} of {n_sent} prose sentences are closest to their own code's definition")
-    if args.dump:
-        args.dump.write_text(json.dumps([
-            {**c.model_dump(mode="json"), "right": ok, "reported": c in machine} for c, ok in right
-        ], indent=1))
 
 
 if __name__ == "__main__":

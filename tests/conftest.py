@@ -53,11 +53,9 @@ def keyword_answer(messages: list[dict[str, Any]] | list[Any]) -> str:
     """
     contents = [m["content"] if isinstance(m, dict) else m.content for m in messages]
     system, user = contents[0], contents[1]  # the first user message, also on a re-ask
-    if '"narrative"' in system:
-        ids = re.findall(r"^(\S+) \((?:challenge|enabler):", user, re.M)
-        nums = [int(n) for n in re.findall(r"^\s+\[(\d+)\]", user, re.M)]
-        points = [{"code_id": cid, "summary": f"They talked about {cid}.", "quote_ids": nums[:1]} for cid in ids]
-        return json.dumps({"narrative": "The interviewee described pressures and what helps.", "points": points})
+    if "one key per code id" in system:  # the summary: a sentence per code, keyed by its id
+        ids = re.findall(r"^(\S+): ", user.split("Coded evidence:", 1)[-1], re.M)
+        return json.dumps({cid: f"They talked about {cid}." for cid in ids})
     if '"codings"' in system:
         out = []
         for n, role, text in re.findall(r"^\[S(\d+)\] \([^,]+, (CODE|context)\) (.*)$", user, re.M):

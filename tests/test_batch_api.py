@@ -35,7 +35,7 @@ def responder(body: dict[str, Any]) -> str:
 
 
 def _is_summary(body: dict[str, Any]) -> bool:
-    return '"narrative"' in body["messages"][0]["content"]
+    return "one key per code id" in body["messages"][0]["content"]
 
 
 @pytest.fixture

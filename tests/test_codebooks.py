@@ -111,7 +111,10 @@ def test_declared_categories_reach_every_prompt() -> None:
         assert "challenge" not in text.lower() and "enabler" not in text.lower(), name
     assert "that barrier, facilitator or wisdom" in systems["code_turn"]
     assert "that barrier, facilitator or wisdom" in systems["code_chunk"]
-    assert "barriers first, then facilitators, then words of wisdom" in systems["summary"]
+    from quallm.summarise import narrative
+
+    told = "Raised 1 barrier (Money), 1 facilitator (Leadership) and 1 wisdom (Start small)."
+    assert narrative(cb, ["B1", "W1", "F1"]) == told
     assert "(a barrier, a facilitator or a wisdom)" in systems["study_reduce"]
     # The prompt lists codes by category, in the declared order.
     assert [line.split()[1] for line in systems["codebook"].splitlines()] == ["B1", "F1", "W1"]

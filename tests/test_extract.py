@@ -200,7 +200,8 @@ def test_verification_probability_splits_codings_from_candidates(sample_txt: Pat
 
     model = keyword_model(scorer=scorer)
     t = load_transcript(sample_txt)
-    result = extract(t, Codebook.load(tiny_codebook_yaml), model, ExtractOptions(strategy="turn", summary=False))
+    yesno = ExtractOptions(strategy="turn", summary=False, scoring="yesno")
+    result = extract(t, Codebook.load(tiny_codebook_yaml), model, yesno)
     assert [(c.code_id, c.probability) for c in result.codings] == [("E_help", 0.8)]
     assert [(c.code_id, c.probability) for c in result.candidates] == [("C_money", 0.2)]
     checks = [r for r in model.requests if r.choices]
@@ -210,7 +211,7 @@ def test_verification_probability_splits_codings_from_candidates(sample_txt: Pat
     assert all(any(ch.messages[1].content.startswith(c.messages[1].content.rstrip()) for c in coding) for ch in checks)
     # Lower the threshold and both are reported; a backend with no probabilities reports both, unscored.
     low = extract(t, Codebook.load(tiny_codebook_yaml), keyword_model(scorer=scorer),
-                  ExtractOptions(strategy="turn", summary=False, min_confidence=0.1))  # fmt: skip
+                  yesno.model_copy(update={"min_confidence": 0.1}))  # fmt: skip
     assert sorted(c.code_id for c in low.codings) == ["C_money", "E_help"] and not low.candidates
     cb = Codebook.load(tiny_codebook_yaml)
     plain = extract(t, cb, keyword_model(), ExtractOptions(strategy="turn", summary=False))

@@ -275,7 +275,7 @@ def estimate(
             system, user = summary_prompt.render(
                 transcript_id=t.id, metadata="", evidence="", **codebook_values(codebook)
             )
-            schema = json.dumps(summary_schema(codebook.ids, 3 * len(codebook.ids)), separators=(",", ":"))
+            schema = json.dumps(summary_schema(list(codebook.ids)), separators=(",", ":"))
             p_tok += 2 * _PER_MESSAGE + _REPLY_PRIMING + tok.count(system) + tok.count(user) + tok.count(schema)
             p_tok += a.summary_evidence_tokens
             c_tok += a.summary_completion_tokens

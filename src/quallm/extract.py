@@ -29,9 +29,11 @@ from pydantic import BaseModel, ConfigDict
 from quallm.chunking import Chunk, Segment, chunk_transcript
 from quallm.codebook import Codebook
 from quallm.codings import Coding
+from quallm.confidence import code_probabilities
 from quallm.core.spans import align_quote, sentence_spans
 from quallm.errors import ModelError, TruncatedOutputError
-from quallm.models.base import ChatModel, ChatRequest, Usage
+from quallm.fencing import fence
+from quallm.models.base import ChatModel, ChatRequest, Completion, Usage
 from quallm.models.profile import profile_of
 from quallm.prompting import PromptTemplate, codebook_values, load_prompt, render_code, render_codebook
 from quallm.reask import ask
@@ -61,6 +63,9 @@ class ExtractOptions(BaseModel):
     # probability of "yes" (the model's own token probability) becomes Coding.probability, and codings
     # below min_confidence are kept as candidates instead of reported. See README "Evaluation".
     verify: bool = True
+    # "tokens": the coding answer's own token probabilities (no extra request; quallm.confidence).
+    # "yesno": one yes/no request per proposed coding (the probability of "yes").
+    scoring: Literal["tokens", "yesno"] = "tokens"
     min_confidence: float = 0.5
     max_codings_per_chunk: int = 40
     max_reasks: int = 2
@@ -185,14 +190,14 @@ class Extractor:
 
     def _turn_values(self, transcript: Transcript, seg: Segment) -> dict[str, str]:
         sentences = sentence_spans(seg.text, seg.start)
-        numbered = "\n".join(f"[{n}] {transcript.text[a:b]}" for n, (a, b) in enumerate(sentences, start=1))
+        numbered = "\n".join(f"[{n}] {fence(transcript.text[a:b])}" for n, (a, b) in enumerate(sentences, start=1))
         return {
             "codebook_name": self.codebook.name,
             "codebook": self._codebook_text,
             **self._kind_values,
             "max_codes": str(self.options.max_codes_per_unit),
-            "question": _preceding_question(transcript, seg.turn_index),
-            "speaker": seg.speaker,
+            "question": fence(_preceding_question(transcript, seg.turn_index)),
+            "speaker": fence(seg.speaker),
             "answer": numbered,
         }
 
@@ -200,7 +205,8 @@ class Extractor:
         """The per-unit request for one coded segment, its sentences numbered."""
         n_sentences = len(sentence_spans(seg.text, seg.start))
         schema = turn_schema(self.codebook.ids, self.options.max_codes_per_unit, n_sentences)
-        return self._request(self._turn_prompt, schema, "turn_codes", **self._turn_values(transcript, seg))
+        req = self._request(self._turn_prompt, schema, "turn_codes", **self._turn_values(transcript, seg))
+        return req.model_copy(update={"logprobs": self._wants_token_probs})
 
     def verify_request(self, transcript: Transcript, seg: Segment, code_id: str) -> ChatRequest:
         """The yes/no check of one proposed code on one segment: a scoring request (nothing is generated).
@@ -261,11 +267,11 @@ class Extractor:
         lines = []
         for n, s in enumerate(chunk.segments, start=1):
             role = "CODE" if s.coded else "context"
-            lines.append(f"[S{n}] ({s.speaker}, {role}) {s.text}")
+            lines.append(f"[S{n}] ({fence(s.speaker)}, {role}) {fence(s.text)}")
         ctx = ""
         if chunk.context:
             ctx = "Earlier in the interview (context only, do not code):\n" + "\n".join(
-                f"({s.speaker}) {s.text}" for s in chunk.context
+                f"({fence(s.speaker)}) {fence(s.text)}" for s in chunk.context
             )
             ctx += "\n"
         return self._chunk_request(chunk.segments, ctx, "\n\n".join(lines))
@@ -280,7 +286,7 @@ class Extractor:
         o = self.options
         size = sum(self.tokenizer.count(s.text) for s in segments)
         schema = chunk_schema(self.codebook.ids, len(segments), max(o.max_codings_per_chunk, size // 75))
-        return self._chunk_prompt.request(
+        req = self._chunk_prompt.request(
             self.model,
             schema,
             "chunk_codings",
@@ -293,16 +299,17 @@ class Extractor:
             context=context,
             segments=body,
         )
+        return req.model_copy(update={"logprobs": self._wants_token_probs})
 
     def pack_request(self, items: Sequence[tuple[Transcript, Chunk]]) -> ChatRequest:
         """One request for several short transcripts, each under its own header, segments numbered across them."""
         lines = []
         n = 0
         for k, (t, chunk) in enumerate(items, start=1):
-            lines.append(f"=== Interview {k} of {len(items)}: {t.id} ===")
+            lines.append(f"=== Interview {k} of {len(items)}: {fence(t.id)} ===")
             for s in chunk.segments:
                 n += 1
-                lines.append(f"[S{n}] ({s.speaker}, {'CODE' if s.coded else 'context'}) {s.text}")
+                lines.append(f"[S{n}] ({fence(s.speaker)}, {'CODE' if s.coded else 'context'}) {fence(s.text)}")
         return self._chunk_request([s for _, c in items for s in c.segments], "", "\n\n".join(lines))
 
     # --- units ----------------------------------------------------------------------------------
@@ -339,17 +346,18 @@ class Extractor:
                 errs.append(f"give at most {self.options.max_codes_per_unit} codes")
             return errs
 
-        ans, _, attempts, usage = ask(
+        ans, completion, attempts, usage = ask(
             self.model,
             self.turn_request(transcript, seg),
             TurnAnswer,
             check=check,
             max_reasks=self.options.max_reasks,
         )
+        token_probs = self._answer_probabilities(completion, len(ans.codes))
         codings: list[Coding] = []
         lost: list[Ungrounded] = []  # sentence evidence cannot be ungrounded; kept for one outcome type
         seen: set[str] = set()
-        for c in ans.codes:
+        for c, prob in zip(ans.codes, token_probs, strict=True):
             if c.code_id in seen:
                 continue
             seen.add(c.code_id)
@@ -366,9 +374,14 @@ class Extractor:
                     speaker=seg.speaker,
                     quote=transcript.text[a:b],
                     alignment="exact",
+                    probability=prob,
                 )
             )
-        reported, candidates, v_usage = self._verified(transcript, seg, codings)
+        if self._wants_token_probs:
+            reported, candidates = self._split(codings)
+            v_usage = Usage()
+        else:
+            reported, candidates, v_usage = self._verified(transcript, seg, codings)
         usage = Usage(
             prompt_tokens=usage.prompt_tokens + v_usage.prompt_tokens, completion_tokens=usage.completion_tokens
         )
@@ -376,7 +389,7 @@ class Extractor:
 
     def code_chunk(self, transcript: Transcript, chunk: Chunk) -> _UnitOutcome:
         """Extract codings from one chunk; ground each in its segment (then the chunk's other coded ones)."""
-        ans, _, attempts, usage = ask(
+        ans, completion, attempts, usage = ask(
             self.model,
             self.chunk_request(chunk),
             ChunkAnswer,
@@ -385,9 +398,28 @@ class Extractor:
         )
         codings: list[Coding] = []
         lost: list[Ungrounded] = []
-        for c in ans.codings:
-            self._ground_chunk_coding(transcript, chunk, chunk.segments[c.segment - 1], c, codings, lost)
-        return _UnitOutcome(codings, lost, usage, attempts)
+        probs = self._answer_probabilities(completion, len(ans.codings))
+        for c, prob in zip(ans.codings, probs, strict=True):
+            self._ground_chunk_coding(transcript, chunk, chunk.segments[c.segment - 1], c, codings, lost, prob)
+        reported, candidates = self._split(codings)
+        return _UnitOutcome(reported, lost, usage, attempts, candidates)
+
+    @property
+    def _wants_token_probs(self) -> bool:
+        return self.options.verify and self.options.scoring == "tokens"
+
+    def _answer_probabilities(self, completion: Completion, n: int) -> list[float | None]:
+        """Each answered coding's probability from the answer's own tokens (None where unreadable)."""
+        if not self._wants_token_probs:
+            return [None] * n
+        read = code_probabilities(completion.content, completion.tokens, self.codebook.ids)
+        return read if len(read) == n else [None] * n
+
+    def _split(self, codings: list[Coding]) -> tuple[list[Coding], list[Coding]]:
+        """(reported, candidates): codings below ``min_confidence`` are candidates; unscored ones are reported."""
+        floor = self.options.min_confidence
+        reported = [c for c in codings if c.probability is None or c.probability >= floor]
+        return reported, [c for c in codings if c.probability is not None and c.probability < floor]
 
     def _chunk_check(self, n: int) -> Callable[[ChunkAnswer], list[str]]:
         """The re-ask check of a chunk answer over ``n`` segments: known codes, existing segments."""
@@ -412,6 +444,7 @@ class Extractor:
         c: ChunkCoding,
         codings: list[Coding],
         lost: list[Ungrounded],
+        probability: float | None = None,
     ) -> None:
         """Ground one answered coding in its segment, then in the chunk's other coded segments."""
         order = [seg] + [s for s in chunk.coded_segments if s is not seg]
@@ -420,7 +453,8 @@ class Extractor:
                 continue
             coding = self._ground(transcript, candidate, c.code_id, c.quote)
             if coding is not None:
-                codings.append(coding.model_copy(update={"rationale": c.rationale or None, "confidence": c.confidence}))
+                update = {"rationale": c.rationale or None, "confidence": c.confidence, "probability": probability}
+                codings.append(coding.model_copy(update=update))
                 return
         lost.append(Ungrounded(code_id=c.code_id, quote=c.quote, turn_index=seg.turn_index))
 
@@ -431,7 +465,7 @@ class Extractor:
         counted once, on the first transcript.
         """
         index = [(k, s) for k, (_, chunk) in enumerate(items) for s in chunk.segments]
-        ans, _, attempts, usage = ask(
+        ans, completion, attempts, usage = ask(
             self.model,
             self.pack_request(items),
             ChunkAnswer,
@@ -440,12 +474,15 @@ class Extractor:
         )
         codings: list[list[Coding]] = [[] for _ in items]
         lost: list[list[Ungrounded]] = [[] for _ in items]
-        for c in ans.codings:
+        probs = self._answer_probabilities(completion, len(ans.codings))
+        for c, prob in zip(ans.codings, probs, strict=True):
             k, seg = index[c.segment - 1]
-            self._ground_chunk_coding(items[k][0], items[k][1], seg, c, codings[k], lost[k])
+            self._ground_chunk_coding(items[k][0], items[k][1], seg, c, codings[k], lost[k], prob)
         shares = _shares([len(chunk.segments) for _, chunk in items], usage)
+        splits = [self._split(codings[k]) for k in range(len(items))]
         return [
-            _UnitOutcome(codings[k], lost[k], shares[k], attempts if k == 0 else 0) for k in range(len(items))
+            _UnitOutcome(splits[k][0], lost[k], shares[k], attempts if k == 0 else 0, splits[k][1])
+            for k in range(len(items))
         ]
 
     # --- transcripts ----------------------------------------------------------------------------

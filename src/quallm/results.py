@@ -32,6 +32,7 @@ class SummaryPoint(BaseModel):
     label: str
     summary: str
     quotes: tuple[Quote, ...] = ()
+    by_model: bool = Field(default=True, description="False: the model wrote nothing for it; quotes alone")
 
 
 class Summary(BaseModel):

@@ -263,7 +263,8 @@ def render_summary(r: TranscriptResult, kinds: Sequence[Kind] = ()) -> str:
         for title, points in kind_sections(r.summary.points, kinds):
             out.append(f"### {title}")
             for p in points:
-                out.append(f"- **{p.label}** (`{p.code_id}`): {p.summary}")
+                prose = p.summary if p.by_model and p.summary else "_(quotes only: the model wrote no summary)_"
+                out.append(f"- **{p.label}** (`{p.code_id}`): {prose}")
                 for q in p.quotes:
                     where = f"turn {q.turn_index}, " if q.turn_index is not None else ""
                     out.append(f'  > "{" ".join(q.text.split())}" ({where}chars {q.start}-{q.end})')

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 
 class TurnCode(BaseModel):
@@ -45,21 +45,8 @@ class ChunkAnswer(BaseModel):
     codings: list[ChunkCoding] = Field(default_factory=list)
 
 
-class SummaryAnswerPoint(BaseModel):
-    """What the interviewee said about one code, with evidence numbers (as the model answers it)."""
-
-    model_config = ConfigDict(extra="ignore")
-    code_id: str
-    summary: str
-    quote_ids: list[int] = Field(default_factory=list)
-
-
-class SummaryAnswer(BaseModel):
-    """A per-transcript summary as the model writes it."""
-
-    model_config = ConfigDict(extra="ignore")
-    narrative: str
-    points: list[SummaryAnswerPoint] = Field(default_factory=list)
+class SummaryAnswer(RootModel[dict[str, str]]):
+    """A per-transcript summary as the model writes it: one sentence per code id."""
 
 
 def _obj(props: dict[str, Any]) -> dict[str, Any]:
@@ -95,25 +82,13 @@ def chunk_schema(code_ids: list[str], n_segments: int, max_codings: int) -> dict
     return _obj({"codings": {"type": "array", "items": item, "maxItems": max_codings}})
 
 
-def summary_schema(code_ids: list[str], n_quotes: int) -> dict[str, Any]:
-    """Schema of a per-transcript summary; points name codes present and evidence numbers."""
-    point = _obj(
-        {
-            "code_id": {"type": "string", "enum": code_ids or ["none"]},
-            "summary": {"type": "string", "maxLength": 500},
-            "quote_ids": {
-                "type": "array",
-                "items": {"type": "integer", "minimum": 1, "maximum": max(1, n_quotes)},
-                "maxItems": 2,
-            },
-        }
-    )
-    return _obj(
-        {
-            "narrative": {"type": "string", "maxLength": 1200},
-            "points": {"type": "array", "items": point, "maxItems": max(1, len(code_ids))},
-        }
-    )
+def summary_schema(code_ids: list[str]) -> dict[str, Any]:
+    """Schema of a per-transcript summary: one sentence per coded code, keyed by its id, in order.
+
+    The keys are fixed (all required, in the order given), so a grammar or strict schema makes the model
+    write each code's sentence right after naming it: it cannot skip a code or fold one into another.
+    """
+    return _obj({cid: {"type": "string", "maxLength": 300} for cid in code_ids})
 
 
 class DiscoveredTheme(BaseModel):

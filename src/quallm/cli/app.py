@@ -242,6 +242,28 @@ def extract(
     ] = True,
     concurrency: ConcurrencyOpt = 4,
     summary: Annotated[bool, typer.Option("--summary/--no-summary", help="Write a per-transcript summary.")] = True,
+    max_codes: Annotated[
+        int | None,
+        typer.Option("--max-codes", min=1, help="Turn strategy: codes one answer may get (default: see README)."),
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Check each proposed coding with a yes/no question; its probability comes from the model's own "
+            "token probabilities (null where a backend gives none).",
+        ),
+    ] = True,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(
+            "--min-confidence",
+            min=0.0,
+            max=1.0,
+            help="Codings with a lower probability are kept as candidates in results/, not reported "
+            "(default measured: see README; 0 keeps every proposal, e.g. before calibrating).",
+        ),
+    ] = None,
     record: RecordOpt = None,
     replay: ReplayOpt = None,
     cache: CacheOpt = None,
@@ -283,7 +305,14 @@ def extract(
             coded_speakers=tuple(s.strip() for s in speakers.split(",") if s.strip()) if speakers else (),
             summary=summary,
             concurrency=profile.concurrency(concurrency),
+            verify=verify,
         )
+        tuned: dict[str, Any] = {}
+        if max_codes is not None:
+            tuned["max_codes_per_unit"] = max_codes
+        if min_confidence is not None:
+            tuned["min_confidence"] = min_confidence
+        options = options.model_copy(update=tuned)
     except QuallmError as exc:
         _fail(str(exc))
         return

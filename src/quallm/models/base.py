@@ -54,11 +54,19 @@ class ChatRequest(BaseModel):
         "probability of each from its own next-token distribution (Completion.choice_probs)",
     )
 
+    logprobs: bool = Field(
+        default=False,
+        description="ask for each generated token's log probability and its top alternatives "
+        "(Completion.tokens); backends that cannot give them return None",
+    )
+
     def key(self) -> str:
         """sha256 of the canonical JSON of the request: the cache and recording key."""
         payload = self.model_dump(mode="json")
-        if not payload["choices"]:
-            del payload["choices"]  # keys of ordinary requests stay what they were before scoring existed
+        # Fields added later are left out at their defaults, so keys of older requests stay the same.
+        for later in ("choices", "logprobs"):
+            if not payload[later]:
+                del payload[later]
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -76,6 +84,20 @@ class Usage(BaseModel):
     completion_tokens: int = 0
 
 
+class TokenLogprob(BaseModel):
+    """One generated token: its text, its log probability, and the top alternatives at its position.
+
+    Log probabilities are of the model's own distribution before any grammar or schema constraint;
+    whoever reads them renormalises over the tokens that were allowed.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    token: str
+    logprob: float
+    top: dict[str, float] = Field(default_factory=dict)
+
+
 class Completion(BaseModel):
     """What a backend returns: the raw text, why it stopped, and the tokens used."""
 
@@ -86,6 +108,9 @@ class Completion(BaseModel):
     usage: Usage = Usage()
     model: str = ""
     cached: bool = False
+    tokens: tuple[TokenLogprob, ...] | None = Field(
+        default=None, description="per generated token log probabilities, when the request asked for them"
+    )
     choice_probs: dict[str, float] | None = Field(
         default=None,
         description="for a scoring request: each choice's probability from the model's token probabilities, "

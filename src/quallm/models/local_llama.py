@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from pathlib import Path
@@ -17,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from quallm.errors import ModelError, ModelNotAvailableError
-from quallm.models.base import ChatRequest, Completion, OutputMode, Usage
+from quallm.models.base import ChatRequest, Completion, OutputMode, TokenLogprob, Usage
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,7 @@ class LocalLlamaModel:
         self._n_threads = n_threads or available_cpus()
         self._grammars: dict[str, Any] = {}
         self._formatter: Any | None = None
+        self._pieces: dict[int, str] = {}
         if llama is None:
             if not self._path.is_file():
                 raise ModelNotAvailableError(f"model file not found: {self._path}")
@@ -295,6 +297,9 @@ class LocalLlamaModel:
             return self.score_choices(request)
         with _INFERENCE_LOCK:
             kwargs = self.chat_kwargs(request)
+            steps: list[tuple[Any, Any, Any]] = []
+            if request.logprobs:
+                kwargs["logits_processor"] = [self._recorder(steps)]
             try:
                 response = self._llm.create_chat_completion(**kwargs)
             except ValueError as exc:
@@ -314,7 +319,9 @@ class LocalLlamaModel:
             usage = response.get("usage") or {}
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ModelError(f"{self.name}: unexpected llama.cpp response: {response!r:.200}") from exc
+        tokens = self._token_logprobs(steps, int(usage.get("prompt_tokens", 0))) if request.logprobs else None
         return Completion(
+            tokens=tokens,
             content=content,
             finish_reason=finish_reason,  # "stop" or "length", as the OpenAI API reports it
             usage=Usage(
@@ -323,6 +330,47 @@ class LocalLlamaModel:
             ),
             model=self.name,
         )
+
+    _TOP = 10  # alternatives kept per generated token: enough for the code decisions, small in the cache
+
+    def _recorder(self, steps: list[tuple[Any, Any, Any]]) -> Any:
+        """A logits processor that keeps, at every step, the top alternatives' log-softmax (pre-grammar).
+
+        llama.cpp runs it first in the sampler chain, on the raw logits of all tokens (in id order), so
+        no ``logits_all`` is needed; it returns the logits unchanged.
+        """
+        import numpy as np
+
+        def record(_input_ids: Any, logits: Any) -> Any:
+            x = np.asarray(logits, dtype=np.float64)
+            top = np.argpartition(x, -self._TOP)[-self._TOP :]
+            m = x.max()
+            log_z = m + np.log(np.exp(x - m).sum())
+            steps.append((top, x[top] - log_z, x - log_z))
+            return logits
+
+        return record
+
+    def _token_logprobs(self, steps: list[tuple[Any, Any, Any]], n_prompt: int) -> tuple[TokenLogprob, ...] | None:
+        """The generated tokens (read back from the context) with their log probabilities and alternatives."""
+        ids = [int(t) for t in self._llm._input_ids[n_prompt:]] if n_prompt else []
+        if not ids or not steps:
+            return None
+        out = []
+        for token_id, (top, top_lp, full) in zip(ids, steps, strict=False):
+            alts: dict[str, float] = {}
+            for t, lp in zip(top, top_lp, strict=True):
+                piece = self._piece(int(t))  # two ids may share a text: their shares add up
+                alts[piece] = float(math.log(math.exp(alts[piece]) + math.exp(lp))) if piece in alts else float(lp)
+            out.append(TokenLogprob(token=self._piece(token_id), logprob=float(full[token_id]), top=alts))
+        return tuple(out)
+
+    def _piece(self, token_id: int) -> str:
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            piece = self._llm.detokenize([token_id]).decode("utf-8", errors="replace")
+            self._pieces[token_id] = piece
+        return piece
 
     def score_choices(self, request: ChatRequest) -> Completion:
         """The probability of each of ``request.choices`` as the first answer token, without generating.

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from quallm.errors import ConfigError, ModelError, NetworkDisabledError, TransportError
-from quallm.models.base import ChatRequest, Completion, Message, OutputMode, Usage
+from quallm.models.base import ChatRequest, Completion, Message, OutputMode, TokenLogprob, Usage
 from quallm.redact import register_secret
 from quallm.tokenizers import tokenizer_for_model
 
@@ -158,8 +158,10 @@ class OpenAICompatModel:
         probs = None
         if request.choices:
             probs = choice_probs_from_logprobs(request.choices, getattr(choice, "logprobs", None))
+        tokens = tokens_from_logprobs(getattr(choice, "logprobs", None)) if request.logprobs else None
         return Completion(
             choice_probs=probs,
+            tokens=tokens,
             content=choice.message.content or "",
             finish_reason=choice.finish_reason or "stop",
             usage=Usage(
@@ -187,8 +189,9 @@ def chat_body(request: ChatRequest, mode: OutputMode | None = None) -> dict[str,
             messages = _with_schema_in_prompt(messages, request.json_schema)
     if request.seed is not None:
         body["seed"] = request.seed
-    if request.choices:
-        # A scoring request: the first token's top alternatives carry the probability of each choice.
+    if request.choices or request.logprobs:
+        # The first token's top alternatives carry the probability of each choice; for a coding request,
+        # every token's alternatives give the probability of each code the answer names.
         body["logprobs"] = True
         body["top_logprobs"] = 20
     return {
@@ -198,6 +201,21 @@ def chat_body(request: ChatRequest, mode: OutputMode | None = None) -> dict[str,
         "max_tokens": request.max_tokens,
         **body,
     }
+
+
+def tokens_from_logprobs(logprobs: Any) -> tuple[TokenLogprob, ...] | None:
+    """The generated tokens with their top alternatives, from an OpenAI ``logprobs`` object; None if absent."""
+    content = getattr(logprobs, "content", None) if logprobs is not None else None
+    if not content:
+        return None
+    return tuple(
+        TokenLogprob(
+            token=str(t.token),
+            logprob=float(t.logprob),
+            top={str(a.token): float(a.logprob) for a in (getattr(t, "top_logprobs", None) or [])},
+        )
+        for t in content
+    )
 
 
 def choice_probs_from_logprobs(choices: tuple[str, ...], logprobs: Any) -> dict[str, float] | None:

@@ -603,7 +603,8 @@ class _Builder:
                 )
                 for q in p.quotes
             )
-            view.points.append(PointView(code_id=p.code_id, label=p.label, kind=p.kind, text=p.summary, quotes=quotes))
+            text = p.summary if p.by_model and p.summary else "(quotes only: the model wrote no summary)"
+            view.points.append(PointView(code_id=p.code_id, label=p.label, kind=p.kind, text=text, quotes=quotes))
 
     def heatmap(self) -> tuple[list[HeatRow], int]:
         peak = max((n for row in self.syn.codes for n in row.counts.values()), default=0)

@@ -146,6 +146,11 @@ def body_key(body: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def _is_scoring(body: dict[str, Any]) -> bool:
+    """A yes/no check (one token, logprobs): answered by the scorer. Generated answers get no logprobs here."""
+    return bool(body.get("logprobs")) and body.get("max_tokens") == 1
+
+
 def _default_responder(body: dict[str, Any]) -> str:
     from quallm.models.fake import minimal_instance
 
@@ -435,7 +440,7 @@ class OpenAITestServer:
             return '{"codes": [ this is not json', "stop"
         if fault == "length":
             return '{"codes": [{"code_id": "', "length"
-        if body.get("logprobs"):
+        if _is_scoring(body):
             probs = self.scorer(body)
             return max(probs, key=lambda w: probs[w]), "stop"
         content = self.responder(body)
@@ -457,7 +462,7 @@ class OpenAITestServer:
                     "index": 0,
                     "message": {"role": "assistant", "content": content},
                     "finish_reason": finish,
-                    **({"logprobs": self._logprobs(body)} if body.get("logprobs") else {}),
+                    **({"logprobs": self._logprobs(body)} if _is_scoring(body) else {}),
                 }
             ],
             "usage": {
