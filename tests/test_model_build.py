@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from tests.conftest import DEMO, ROOT
+from tests.conftest import DEMO, ROOT, keyword_answer
 from typer.testing import CliRunner
 
 from quallm.cache import CachedModel, ResponseCache
 from quallm.cli import app
+from quallm.codebook import Codebook
 from quallm.models.build import ModelSettings, build_model
 from quallm.models.fake import FakeModel
 from quallm.models.limits import RateLimitedModel
 from quallm.models.openai_compat import OpenAICompatModel
 from quallm.models.profile import LOCAL_CHUNK_TOKENS, REMOTE_CHUNK_TOKENS, profile_of
 from quallm.recording import RecordingModel, ReplayModel
+from quallm.runner import run_extraction
 from quallm.testing.server import OpenAITestServer
 
 RECORDINGS = ROOT / "fixtures" / "recordings" / "demo"
@@ -55,12 +56,14 @@ def test_the_builder_stacks_limits_cache_and_recorder(tmp_path: Path, monkeypatc
 def test_study_summary_goes_through_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # study-summary used to build its model without the cache (and without --rpm/--tpm or Azure).
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
-    shutil.copytree(DEMO, tmp_path / "demo")
+    import tests.conftest as conftest
+
+    monkeypatch.setattr(conftest, "KEYWORDS", {"C02_funding": ["budget", "funding"], "E04_early_help": ["early help"]})
     run = tmp_path / "run"
-    r = runner.invoke(app, ["extract", str(tmp_path / "demo"), "-c", str(tmp_path / "demo" / "codebook.yaml"),
-                            "-o", str(run), "--metadata", str(tmp_path / "demo" / "metadata.csv"),
-                            "--replay", str(RECORDINGS), "--no-cache"])
-    assert r.exit_code == 0, r.output
+    model = FakeModel(lambda r: keyword_answer(list(r.messages)), endpoint="local:keywords")  # type: ignore[arg-type]
+    report = run_extraction([DEMO], Codebook.load(DEMO / "codebook.yaml"), model, run,
+                            codebook_path=DEMO / "codebook.yaml", metadata_path=DEMO / "metadata.csv")
+    assert report.ok, (report.errors, report.incomplete)
     cache = tmp_path / "cache.sqlite3"
     with OpenAITestServer() as srv:
         args = ["study-summary", str(run), "-m", "m", "--base-url", srv.base_url, "--cache", str(cache)]
