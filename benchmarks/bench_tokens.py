@@ -17,8 +17,9 @@ from pathlib import Path
 from quallm.batch_api import chat_body, job_requests
 from quallm.codebook import Codebook
 from quallm.estimate import _TokenizerOnly, estimate, prompt_tokens
-from quallm.extract import REMOTE_CHUNK_TOKENS, ExtractOptions, Extractor
+from quallm.extract import ExtractOptions, Extractor
 from quallm.models.base import OutputMode
+from quallm.models.profile import REMOTE_CHUNK_TOKENS
 from quallm.tokenizers import TiktokenTokenizer
 from quallm.transcripts import load_transcripts
 from quallm.transcripts.model import Transcript

@@ -17,20 +17,18 @@ from quallm.agreement import (
     build_units,
     cohen_kappa,
     disagreements,
-    find_quote,
     fleiss_kappa,
     format_report,
     gwet_ac1,
     krippendorff_alpha,
-    locate_quote,
     percent_agreement,
     precision_recall_f1,
     read_human_csv,
     reconcile,
-    split_sentences,
     write_agreement,
 )
 from quallm.codings import Coding
+from quallm.core.spans import find_quote, locate_quote, sentence_spans
 from quallm.errors import ConfigError, InputError
 from quallm.transcripts.model import Transcript, Turn
 
@@ -185,11 +183,22 @@ def test_all_coders_chance_terms_count_single_rated_units_as_irrcac() -> None:
 # --- units
 
 
-def test_split_sentences_keeps_offsets() -> None:
+def test_sentence_spans_keep_offsets() -> None:
     text = '  I liked it. The staff were "kind!" Was it cheap?\n\nNo  '
-    spans = split_sentences(text)
+    spans = sentence_spans(text)
     assert [text[a:b] for a, b in spans] == ["I liked it.", 'The staff were "kind!"', "Was it cheap?", "No"]
-    assert split_sentences("   ") == []
+    assert sentence_spans("   ") == []
+
+
+def test_sentence_units_are_the_sentences_the_coder_numbers() -> None:
+    # One rule: a curly closing quote or a lower-case start does not end a sentence, for the coder
+    # (extraction numbers sentences with sentence_spans) and for --unit sentence alike.
+    text = "It was \u201cfine.\u201d Then the council cut it. and then? Nothing."
+    t = make_transcript("s2", [("I", "Tell me."), ("P", text)])
+    turn = t.turns[1]
+    units = build_units(t, "sentence")
+    assert [(u.start, u.end) for u in units] == sentence_spans(turn.text, turn.start)
+    assert [u.text for u in units] == ["It was \u201cfine.\u201d Then the council cut it. and then?", "Nothing."]
 
 
 def test_sentence_units_and_marking() -> None:

@@ -105,7 +105,7 @@ def test_progress_bar_shows_tokens_and_cost_so_far() -> None:
     from rich.console import Console
     from rich.progress import Progress
 
-    from quallm.cli import _price_of, _RichProgress
+    from quallm.cli.app import _price_of, _RichProgress
     from quallm.models.base import Usage
     from quallm.results import TranscriptResult
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from quallm.chunking import chunk_transcript, sentence_spans
+from quallm.chunking import chunk_transcript
 from quallm.codebook import Codebook
+from quallm.core.spans import align_quote, sentence_spans
 from quallm.errors import CodebookError
-from quallm.grounding import align_quote
 from quallm.prompting import kind_values, load_prompt
 from quallm.tokenizers import CallableTokenizer, TiktokenTokenizer, encoding_for_model
 from quallm.transcripts import load_transcript

@@ -18,10 +18,10 @@ from tests.test_synthesis import DEMO_KEYWORDS, SMALL_KEYWORDS, fake_model, make
 from quallm.agreement import read_human_csv, reconcile, write_agreement
 from quallm.codebook import Codebook
 from quallm.errors import ConfigError
+from quallm.outputs.study_summary import study_summary, write_study_summary
 from quallm.report import build_report_html, render_report
 from quallm.report.render import cut_turn
 from quallm.rundir import RunDir
-from quallm.synthesis import study_summary, write_study_summary
 from quallm.transcripts import expand_paths, load_metadata, load_transcript
 
 SECTIONS = ("run", "study", "matrix", "prevalence", "codes", "agreement", "disagreements", "transcripts")

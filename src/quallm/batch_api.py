@@ -25,14 +25,15 @@ from pydantic import BaseModel, Field
 
 from quallm.chunking import Chunk, Segment
 from quallm.codebook import Codebook
-from quallm.errors import ConfigError, NetworkDisabledError, QuallmError, TransportError
+from quallm.errors import ConfigError, NetworkDisabledError, TransportError
 from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs
 from quallm.models.base import ChatModel, ChatRequest, Completion, ModelWrapper, Usage
 from quallm.models.openai_compat import chat_body
 from quallm.redact import redact
+from quallm.run.batch import BatchInputs
 from quallm.rundir import RunDir, atomic_write_text, locked, now_iso
 from quallm.runner import Progress, RunReport, run_extraction
-from quallm.transcripts import InputOptions, expand_paths, load_metadata, load_transcript
+from quallm.transcripts import InputOptions, load_metadata
 from quallm.transcripts.model import Transcript
 
 if TYPE_CHECKING:
@@ -346,17 +347,9 @@ def _pending_transcripts(
     input_options: InputOptions | None = None,
 ) -> list[Transcript]:
     metadata = load_metadata(metadata_path) if metadata_path else {}
-    out = []
-    for p in expand_paths(inputs, input_options):
-        try:
-            t = load_transcript(p, metadata.get(p.stem))
-        except QuallmError:
-            continue  # run_extraction reports unreadable files
-        prev = run.load_result(t.id)
-        if prev and prev.complete and prev.fingerprint == fingerprint(t, codebook, model, options):
-            continue
-        out.append(t)
-    return out
+    # Read silently: run_extraction reports unreadable files and warnings when the answers are in.
+    inputs_read = BatchInputs(None, inputs, input_options).read(metadata=metadata)
+    return [t for _, t, _ in inputs_read if run.finished_result(t.id, fingerprint(t, codebook, model, options)) is None]
 
 
 def run_batch_extraction(

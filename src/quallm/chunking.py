@@ -6,13 +6,11 @@ sentence boundaries. A chunk may carry a little preceding context, shown to the 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from quallm.core.spans import sentence_spans
 from quallm.tokenizers import Tokenizer
 from quallm.transcripts.model import Transcript, Turn
-
-_SENTENCE_END = re.compile(r"(?P<end>[.!?][\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 @dataclass(frozen=True)
@@ -40,24 +38,6 @@ class Chunk:
     def coded_segments(self) -> tuple[Segment, ...]:
         """The segments the model codes."""
         return tuple(s for s in self.segments if s.coded)
-
-
-def sentence_spans(text: str, offset: int = 0) -> list[tuple[int, int]]:
-    """Sentence spans of ``text`` (shifted by ``offset``), whitespace trimmed, covering every word."""
-    spans = []
-    pos = 0
-    for m in _SENTENCE_END.finditer(text):
-        spans.append((pos, m.end("end")))
-        pos = m.end()
-    spans.append((pos, len(text)))
-    out = []
-    for a, b in spans:
-        piece = text[a:b]
-        lead = len(piece) - len(piece.lstrip())
-        trimmed = piece.strip()
-        if trimmed:
-            out.append((offset + a + lead, offset + a + lead + len(trimmed)))
-    return out
 
 
 def _split_turn(turn: Turn, coded: bool, tok: Tokenizer, budget: int) -> list[Segment]:

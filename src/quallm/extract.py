@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,14 +27,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from quallm.calibration.apply import is_reported, mark_review
-from quallm.chunking import Chunk, Segment, chunk_transcript, sentence_spans
+from quallm.chunking import Chunk, Segment, chunk_transcript
 from quallm.codebook import Codebook
 from quallm.codings import Coding
 from quallm.confidence import code_probabilities
+from quallm.core.spans import align_quote, sentence_spans
 from quallm.errors import ModelError, TruncatedOutputError
 from quallm.fencing import fence
-from quallm.grounding import align_quote
 from quallm.models.base import ChatModel, ChatRequest, Completion, Usage
+from quallm.models.profile import profile_of
 from quallm.prompting import PromptTemplate, codebook_values, load_prompt, render_code, render_codebook
 from quallm.reask import ask
 from quallm.results import Failure, TranscriptResult, Ungrounded
@@ -42,13 +45,7 @@ from quallm.tokenizers import CallableTokenizer
 from quallm.transcripts.model import Transcript
 
 Strategy = Literal["auto", "turn", "chunk"]
-
-#: Transcript tokens per request the CLI uses by default: small for an in-process model (its context is
-#: 8,192 tokens and it codes short excerpts better), large for remote models, whose contexts hold a whole
-#: interview, so the instructions and codebook (about 2,000 tokens for the demo) are sent less often.
-LOCAL_CHUNK_TOKENS = 3000
-REMOTE_CHUNK_TOKENS = 12000
-
+_CHUNK_MEMO = 32  # transcripts whose chunks an Extractor keeps (a pool's window and a pack fit in it)
 
 class ExtractOptions(BaseModel):
     """Settings that change what extraction produces (all part of the resume fingerprint)."""
@@ -90,7 +87,7 @@ def resolve_strategy(options: ExtractOptions, model: ChatModel) -> Literal["turn
     """The strategy actually used: ``auto`` means ``turn`` for local models, else ``chunk``."""
     if options.strategy != "auto":
         return options.strategy
-    return "turn" if model.endpoint.startswith("local:") else "chunk"
+    return profile_of(model).strategy
 
 
 #: Options that only split proposals into codings and candidates (re-applied without a model call).
@@ -187,6 +184,28 @@ class Extractor:
         self._codebook_text = render_codebook(codebook)
         self._kind_values = codebook_values(codebook)
         self.coder = _coder_name(model)
+        # The chunks of the last few transcripts: the progress display, packing and coding of one
+        # transcript share one chunking. Bounded, so memory stays flat in the number of transcripts.
+        self._chunked: OrderedDict[tuple[str, int, int, int], list[Chunk]] = OrderedDict()
+        self._chunked_lock = threading.Lock()
+
+    def _chunk(self, transcript: Transcript, budget: int, context_tokens: int = 0) -> list[Chunk]:
+        """``chunk_transcript`` with this extractor's speakers, remembered for recent transcripts."""
+        key = (transcript.id, hash(transcript.text), budget, context_tokens)
+        with self._chunked_lock:
+            found = self._chunked.get(key)
+            if found is not None:
+                self._chunked.move_to_end(key)
+                return found
+        speakers = frozenset(self.options.coded_speakers) or None
+        chunks = chunk_transcript(
+            transcript, self.tokenizer, budget, context_tokens=context_tokens, coded_speakers=speakers
+        )
+        with self._chunked_lock:
+            self._chunked[key] = chunks
+            while len(self._chunked) > _CHUNK_MEMO:
+                self._chunked.popitem(last=False)
+        return chunks
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -499,9 +518,8 @@ class Extractor:
 
     def units(self, transcript: Transcript) -> list[tuple[str, Callable[[], _UnitOutcome]]]:
         """The units of work for a transcript, each with a stable name and a thunk."""
-        speakers = frozenset(self.options.coded_speakers) or None
         if self.strategy == "turn":
-            chunks = chunk_transcript(transcript, self.tokenizer, self.options.unit_tokens, coded_speakers=speakers)
+            chunks = self._chunk(transcript, self.options.unit_tokens)
             segs = [s for ch in chunks for s in ch.coded_segments]
             return [
                 (f"turn {s.turn_index}" + (f".{s.part}" if s.part else ""), partial(self.code_turn, transcript, s))
@@ -511,14 +529,7 @@ class Extractor:
 
     def chunks(self, transcript: Transcript) -> list[Chunk]:
         """The transcript's chunks for the chunk strategy."""
-        speakers = frozenset(self.options.coded_speakers) or None
-        return chunk_transcript(
-            transcript,
-            self.tokenizer,
-            self.options.chunk_tokens,
-            context_tokens=self.options.context_tokens,
-            coded_speakers=speakers,
-        )
+        return self._chunk(transcript, self.options.chunk_tokens, self.options.context_tokens)
 
     def pack_size(self, transcript: Transcript) -> int | None:
         """Transcript tokens of a transcript that packing may share a request with others, else None.

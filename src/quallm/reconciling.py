@@ -19,8 +19,9 @@ from quallm.agreement.units import UnitKind
 from quallm.codebook import Codebook
 from quallm.codings import Coding
 from quallm.errors import ConfigError, InputError, QuallmError
-from quallm.rundir import RunDir, atomic_write_text
-from quallm.transcripts import InputOptions, gather_inputs, load_metadata, load_transcript
+from quallm.run.opening import open_run
+from quallm.rundir import atomic_write_text
+from quallm.transcripts import InputOptions, gather_inputs, load_transcript
 from quallm.transcripts.model import Transcript
 
 
@@ -38,26 +39,17 @@ class RunInputs:
 
 def load_run(run_dir: str | Path) -> RunInputs:
     """Transcripts (re-read from the files the manifest names), codebook and machine codings of a run."""
-    run = RunDir(run_dir)
-    manifest = run.read_manifest()
-    if not manifest:
-        raise InputError(run.path, "not a quallm run directory (no manifest.json)")
-    results = run.results()
-    meta_path = manifest.get("metadata_file")
-    metadata = load_metadata(meta_path) if meta_path and Path(meta_path).is_file() else {}
-    files = {i["transcript_id"]: i["file"] for i in manifest.get("inputs", []) if "transcript_id" in i}
-    transcripts = []
-    for r in results:
-        src = files.get(r.transcript_id, r.source)
-        transcripts.append(load_transcript(src, metadata.get(r.transcript_id) or r.metadata))
-    cb_path = (manifest.get("codebook") or {}).get("path")
-    codebook = Codebook.load(cb_path) if cb_path and Path(cb_path).is_file() else None
+    run = open_run(run_dir)
+    results = run.results
+    transcripts = run.transcripts()
+    cb_path = run.codebook_path()
+    codebook = Codebook.load(cb_path) if cb_path else None
     codings = [c for r in results for c in r.codings]
     candidates = [c for r in results for c in r.candidates]
     coverage: dict[str, set[str]] = {}
     for r in results:
         if r.complete:  # a finished transcript with no codings is a real "nothing applies", not missing
-            for coder in {c.coder for c in r.codings} or {f"quallm ({manifest.get('model', {}).get('name', '')})"}:
+            for coder in {c.coder for c in r.codings} or {f"quallm ({run.manifest.model.name})"}:
                 coverage.setdefault(coder, set()).add(r.transcript_id)
     return RunInputs(transcripts, codebook, codings, coverage, candidates)
 

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from quallm.codebook import Codebook, Kind, kind_sections
 from quallm.csvsafe import SafeWriter
 from quallm.errors import InputError, RunLockedError
+from quallm.files import atomic_write_text
 from quallm.redact import redact_value
 from quallm.results import TranscriptResult
 
@@ -38,17 +39,6 @@ CODINGS_COLUMNS = [
     "probability",
     "needs_review",
 ]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the whole new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 LOCK_FILE = ".quallm.lock"
@@ -158,6 +148,13 @@ class RunDir:
         except (json.JSONDecodeError, ValueError):
             return None
 
+    def finished_result(self, transcript_id: str, fingerprint: str) -> TranscriptResult | None:
+        """The saved result of ``transcript_id`` when it is complete and made from the same inputs, else None."""
+        previous = self.load_result(transcript_id)
+        if previous is not None and previous.complete and previous.fingerprint == fingerprint:
+            return previous
+        return None
+
     def save_result(self, result: TranscriptResult) -> None:
         """Write one result atomically."""
         atomic_write_text(
@@ -185,14 +182,11 @@ class RunDir:
         with open(self.path / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(line, ensure_ascii=False) + "\n")
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Write manifest.json atomically."""
-        atomic_write_text(self.path / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    def write_manifest(self, manifest: str | Mapping[str, Any]) -> None:
+        """Write manifest.json atomically: the text of :meth:`quallm.run.Manifest.dumps`, or a JSON object."""
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        atomic_write_text(self.path / "manifest.json", text)
 
-    def read_manifest(self) -> dict[str, Any]:
-        """The run's manifest (empty if missing)."""
-        p = self.path / "manifest.json"
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
     def write_outputs(self, results: Iterable[TranscriptResult], codebook: Codebook | None = None) -> OutputTotals:
         """Regenerate codings.csv and summaries.md from all results, streaming: one result in memory at a time."""

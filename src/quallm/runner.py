@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import platform
-import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quallm import __version__
 from quallm.calibration.apply import repartition
 from quallm.codebook import Codebook
-from quallm.errors import InputError, QuallmError
 from quallm.extract import ExtractOptions, Extractor, fingerprint, plan_packs, proposals_fingerprint
-from quallm.hashing import sha256_file
 from quallm.models.base import ChatModel
 from quallm.models.limits import LimitedModel
 from quallm.prompting import load_prompt
 from quallm.results import TranscriptResult
-from quallm.rundir import RunDir, locked, now_iso
-from quallm.transcripts import InputOptions, gather_inputs, load_metadata, load_transcript, nothing_to_code
+from quallm.run.batch import BatchInputs, run_pool
+from quallm.run.manifest import Manifest
+from quallm.rundir import RunDir, locked
+from quallm.transcripts import InputOptions, load_metadata, load_transcript
 
 
 @dataclass
@@ -121,79 +117,40 @@ def _run_extraction(
     report = RunReport(out=run.path)
     metadata = load_metadata(metadata_path) if metadata_path else {}
     extractor = Extractor(LimitedModel(model, opts.concurrency) if opts.concurrency > 1 else model, codebook, opts)
-    gathered = gather_inputs(inputs, input_options)
-    paths = gathered.paths
-    started = now_iso()
-    manifest: dict[str, Any] = {
-        "quallm_version": __version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "status": "running",
-        "started": started,
-        "finished": None,
-        "model": {
-            "name": model.name,
-            "endpoint": model.endpoint,
-            "output_mode": model.output_mode.value,
-            **(model_info or {}),
-        },
-        "strategy": extractor.strategy,
-        "prompts": {n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary", "verify_turn")},
-        "codebook": {
+    batch = BatchInputs(run, inputs, input_options, on_refused=lambda: prog.transcript_done(None))
+    manifest = Manifest.begin(
+        model,
+        model_info,
+        strategy=extractor.strategy,
+        prompts={n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary", "verify_turn")},
+        codebook={
             "name": codebook.name,
             "version": codebook.version,
             "hash": codebook.hash,
             "path": str(codebook_path) if codebook_path else None,
             "codes": len(codebook.codes),
         },
-        "parameters": opts.model_dump(mode="json"),
-        "calibration": (
+        parameters=opts.model_dump(mode="json"),
+        calibration=(
             {"path": str(calibration_path) if calibration_path else None, "sha256": opts.calibration_sha256,
              "codes_calibrated": sorted(opts.code_thresholds), "codes_needing_review": list(opts.review_codes)}
             if opts.calibration_sha256 else None
         ),
-        "metadata_file": str(metadata_path) if metadata_path else None,
-        "inputs": [],
-    }
-    run.write_manifest(manifest)
-    prog.start(len(paths) + len(gathered.errors))
-    inputs_info: list[dict[str, Any]] = []
-
-    def refuse(file: str, exc: QuallmError) -> None:
-        report.errors.append(str(exc))
-        run.log("input_error", file=file, message=str(exc))
-        inputs_info.append({"file": file, "error": str(exc)})
-        prog.transcript_done(None)
-
-    for w in gathered.warnings:
-        report.warnings.append(w)
-        run.log("warning", message=w)
-    for err in gathered.errors:
-        refuse(err.path, err)
+        metadata_file=str(metadata_path) if metadata_path else None,
+    )
+    run.write_manifest(manifest.dumps())
+    prog.start(batch.total)
+    batch.report_gathered()
     loaded: list[Path] = []  # paths, not transcripts: memory stays flat in the number of inputs
     sizes: list[int | None] = []  # for packing short transcripts into shared requests (chunk strategy)
     finished: set[str] = set()  # transcripts already done in an earlier run (by path)
-    for p in paths:
-        if should_stop and should_stop():
-            break
-        try:
-            transcript = load_transcript(p, metadata.get(p.stem))
-            size = extractor.pack_size(transcript)
-            digest = sha256_file(p)
-        except QuallmError as exc:
-            refuse(str(p), exc)
-            continue
-        except Exception as exc:  # a surprise in one file is that file's error line, never the batch's end
-            refuse(str(p), InputError(p, f"cannot read ({type(exc).__name__}: {exc})"))
-            continue
-        inputs_info.append({"file": str(p), "transcript_id": transcript.id, "sha256": digest})
-        empty = nothing_to_code(transcript, opts.coded_speakers)
-        for w in (*transcript.warnings, *([empty] if empty else [])):
-            report.warnings.append(w)
-            run.log("warning", transcript_id=transcript.id, message=w)
-        previous = run.load_result(transcript.id)
+    for p, transcript, size in batch.read(
+        metadata=metadata, coded_speakers=opts.coded_speakers, probe=extractor.pack_size, hash_files=True,
+        should_stop=should_stop,
+    ):
         fp = fingerprint(transcript, codebook, model, opts)
-        if previous and previous.complete and previous.fingerprint == fp:
+        previous = run.load_result(transcript.id)
+        if previous is not None and run.finished_result(transcript.id, fp) is not None:
             report.skipped.append(transcript.id)
             prog.transcript_done(previous, skipped=True)
             finished.add(str(p))
@@ -210,6 +167,8 @@ def _run_extraction(
             finished.add(str(p))
         loaded.append(p)
         sizes.append(size)
+    report.errors.extend(batch.errors)
+    report.warnings.extend(batch.warnings)
     # Packs are planned over every input, finished or not, so a resumed run sends the very requests
     # the first run sent (answered from the cache) rather than new packs of what is left.
     jobs = [
@@ -240,32 +199,17 @@ def _run_extraction(
             (report.incomplete if result.failures else report.done).append(result.transcript_id)
             prog.transcript_done(result)
 
-    if opts.concurrency <= 1:
-        for job in jobs:
-            finish(code(job))
-    else:
-        # Transcripts run concurrently too, so many short transcripts keep the endpoint busy; one
-        # semaphore around the model caps the requests in flight for the whole run.
-        # A sliding window of submissions, so finished results are written and freed as they come.
-        with ThreadPoolExecutor(max_workers=opts.concurrency) as pool:
-            pending: set[Future[list[TranscriptResult]]] = set()
-            for job in jobs:
-                pending.add(pool.submit(code, job))
-                if len(pending) >= 2 * opts.concurrency:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        finish(future.result())
-            for future in list(pending):
-                finish(future.result())
+    # Transcripts run concurrently too, so many short transcripts keep the endpoint busy; one
+    # semaphore around the model caps the requests in flight for the whole run.
+    run_pool(jobs, code, finish, opts.concurrency)
     totals = run.write_outputs(run.iter_results(), codebook)  # streamed: flat memory in the run's size
     report.codings = totals.codings
     report.ungrounded = totals.ungrounded
-    manifest.update(
-        status="finished" if report.ok else "finished with problems",
-        finished=now_iso(),
-        inputs=inputs_info,
-        counts={
-            "inputs": len(paths) + len(gathered.errors),
+    manifest.finish(
+        report.ok,
+        batch.entries,
+        {
+            "inputs": batch.total,
             "transcripts_done": len(report.done),
             "transcripts_skipped_already_done": len(report.skipped),
             "transcripts_incomplete": len(report.incomplete),
@@ -277,7 +221,7 @@ def _run_extraction(
             "prompt_tokens": totals.prompt_tokens,
             "completion_tokens": totals.completion_tokens,
         },
-        errors=report.errors,
+        report.errors,
     )
-    run.write_manifest(manifest)
+    run.write_manifest(manifest.dumps())
     return report

@@ -8,7 +8,7 @@ The narrative names the codes found (see :func:`narrative`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from quallm.codebook import Codebook
 from quallm.codings import Coding
@@ -20,8 +20,18 @@ from quallm.results import Quote, Summary, SummaryPoint, Ungrounded
 from quallm.schemas import SummaryAnswer, summary_schema
 from quallm.transcripts.model import Transcript
 
-if TYPE_CHECKING:
-    from quallm.extract import ExtractOptions
+
+class SamplingOptions(Protocol):
+    """The settings a summary request takes from the extraction's options (``ExtractOptions`` has them)."""
+
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def max_reasks(self) -> int: ...
 
 MAX_EVIDENCE_PER_CODE = 3
 MAX_QUOTES_PER_POINT = 2
@@ -40,7 +50,7 @@ def _evidence(codebook: Codebook, codings: list[Coding]) -> list[tuple[str, Codi
 
 
 def summarise(
-    model: ChatModel, codebook: Codebook, transcript: Transcript, codings: list[Coding], options: ExtractOptions
+    model: ChatModel, codebook: Codebook, transcript: Transcript, codings: list[Coding], options: SamplingOptions
 ) -> tuple[Summary, Usage, int, list[Ungrounded]]:
     """A grounded summary of one transcript: (summary, usage, attempts, links that were dropped)."""
     evidence = _evidence(codebook, codings)

@@ -8,7 +8,8 @@ Three layers:
   :func:`gwet_ac1`, and :func:`precision_recall_f1` on binary presence. Each returns
   ``float | None``; ``None`` means undefined (never NaN).
 * :mod:`~quallm.agreement.units`: units of analysis (``turn``, ``sentence``, ``transcript``) built
-  from transcripts, and which codings mark which units (:func:`mark_units`, :func:`locate_quote`).
+  from transcripts, and which codings mark which units (:func:`mark_units`; quotes are found by
+  :mod:`quallm.core.spans`).
 * :func:`reconcile`: per code and pooled (micro and macro) agreement for every pair of coders and
   across all coders, with percentile-bootstrap CIs over transcripts, the disagreements to review,
   and the issues met; :func:`write_agreement` writes it as JSON and CSV, :func:`format_report` as
@@ -52,10 +53,7 @@ from quallm.agreement.units import (
     Unit,
     UnitKind,
     build_units,
-    find_quote,
-    locate_quote,
     mark_units,
-    split_sentences,
 )
 from quallm.agreement.writers import format_estimate, format_report, format_value, write_agreement
 
@@ -77,7 +75,6 @@ __all__ = [
     "build_units",
     "cohen_kappa",
     "disagreements",
-    "find_quote",
     "fleiss_kappa",
     "format_estimate",
     "format_report",
@@ -86,12 +83,10 @@ __all__ = [
     "is_machine_coder",
     "is_reviewed_coder",
     "krippendorff_alpha",
-    "locate_quote",
     "mark_units",
     "percent_agreement",
     "precision_recall_f1",
     "read_human_csv",
     "reconcile",
-    "split_sentences",
     "write_agreement",
 ]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from quallm.agreement.units import locate_quote, normalise_text
 from quallm.codings import Coding
+from quallm.core.spans import locate_quote, normalise_text
 from quallm.csvsafe import SafeDictReader
 from quallm.errors import InputError
 from quallm.transcripts.model import Transcript

@@ -4,7 +4,8 @@ Three kinds of unit:
 
 * ``turn``: each coded turn (by default every non-interviewer turn, see
   :meth:`Transcript.coded_turns`);
-* ``sentence``: each sentence of each coded turn, split by a simple regex that keeps offsets;
+* ``sentence``: each sentence of each coded turn, cut by :func:`quallm.core.spans.sentence_spans`, the
+  rule extraction numbers a turn's sentences by (so the machine's evidence is scored on its own units);
 * ``transcript``: one unit per transcript (is the code present anywhere?).
 
 A coding with a span (``start``/``end``) marks every unit its span overlaps by at least
@@ -18,28 +19,19 @@ several places are reported as issues, never guessed.
 from __future__ import annotations
 
 import bisect
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from quallm.codings import Coding
+from quallm.core.spans import locate_quote, sentence_spans
 from quallm.errors import ConfigError, InputError
 from quallm.transcripts.model import Transcript
 
 UnitKind = Literal["turn", "sentence", "transcript"]
 UNIT_KINDS: tuple[UnitKind, ...] = ("turn", "sentence", "transcript")
-
-# A sentence ends at . ! ? or … (possibly repeated, possibly followed by closing quotes or brackets)
-# when whitespace or the end of text follows; a blank line also ends one.
-_SENTENCE_END = re.compile(r"""[.!?…]+["'”’)\]]*(?=\s|$)|\n[ \t]*\n""")
-
-# Characters a model or a word processor swaps freely; mapped before the normalised search.
-_EQUIVALENT = str.maketrans({"‘": "'", "’": "'", "‚": "'", "“": '"', "”": '"', "„": '"', "–": "-", "—": "-"})
-
 
 class Unit(BaseModel):
     """One unit of analysis: a span of one transcript."""
@@ -52,26 +44,6 @@ class Unit(BaseModel):
     start: int
     end: int
     text: str
-
-
-def split_sentences(text: str) -> list[tuple[int, int]]:
-    """``(start, end)`` offsets of the sentences of ``text``, whitespace trimmed, empty ones dropped."""
-    spans: list[tuple[int, int]] = []
-
-    def add(a: int, b: int) -> None:
-        while a < b and text[a].isspace():
-            a += 1
-        while b > a and text[b - 1].isspace():
-            b -= 1
-        if b > a:
-            spans.append((a, b))
-
-    pos = 0
-    for m in _SENTENCE_END.finditer(text):
-        add(pos, m.end())
-        pos = m.end()
-    add(pos, len(text))
-    return spans
 
 
 def build_units(
@@ -91,81 +63,11 @@ def build_units(
             out.append(Unit.model_construct(transcript_id=tid, unit_id=f"turn-{turn.index}", turn_index=turn.index,
                             start=turn.start, end=turn.end, text=turn.text))
             continue
-        for k, (a, b) in enumerate(split_sentences(turn.text)):
+        for k, (a, b) in enumerate(sentence_spans(turn.text)):
             out.append(Unit.model_construct(transcript_id=tid, unit_id=f"turn-{turn.index}.s{k}", turn_index=turn.index,
                             start=turn.start + a, end=turn.start + b, text=turn.text[a:b]))
     out.sort(key=lambda u: u.start)
     return out
-
-
-def normalise_text(text: str) -> str:
-    """``text`` case-folded, with quote/dash variants unified and whitespace runs made one space."""
-    return " ".join(text.translate(_EQUIVALENT).casefold().split())
-
-
-@lru_cache(maxsize=32)
-def _normalised(text: str) -> tuple[str, tuple[int, ...]]:
-    """``text`` case-folded with whitespace runs collapsed, and the source offset of each character."""
-    chars: list[str] = []
-    origin: list[int] = []
-    in_space = False
-    for i, ch in enumerate(text):
-        if ch.isspace():
-            if not in_space:
-                chars.append(" ")
-                origin.append(i)
-            in_space = True
-            continue
-        in_space = False
-        for folded in ch.translate(_EQUIVALENT).casefold():  # casefold may expand (ß -> ss)
-            chars.append(folded)
-            origin.append(i)
-    return "".join(chars), tuple(origin)
-
-
-def _find_all(haystack: str, needle: str, start: int, end: int) -> list[int]:
-    hits: list[int] = []
-    i = haystack.find(needle, start, end)
-    while i != -1:
-        hits.append(i)
-        i = haystack.find(needle, i + 1, end)
-    return hits
-
-
-def find_quote(text: str, quote: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
-    """Every place ``quote`` occurs in ``text[start:end]`` as ``(start, end)`` offsets into ``text``.
-
-    Exact matches if there are any; otherwise matches ignoring case, whitespace runs and quote/dash
-    variants. An empty (or all-whitespace) quote matches nowhere.
-    """
-    end = len(text) if end is None else end
-    if not quote.strip():
-        return []
-    exact = _find_all(text, quote, start, end)
-    if exact:
-        return [(i, i + len(quote)) for i in exact]
-    norm_text, origin = _normalised(text)
-    norm_quote = normalise_text(quote)
-    lo = bisect.bisect_left(origin, start)
-    hi = bisect.bisect_left(origin, end)
-    return [
-        (origin[i], origin[i + len(norm_quote) - 1] + 1)
-        for i in _find_all(norm_text, norm_quote, lo, hi)
-    ]
-
-
-def locate_quote(
-    text: str, quote: str, start: int = 0, end: int | None = None
-) -> tuple[tuple[int, int] | None, str | None]:
-    """The one place ``quote`` occurs in ``text[start:end]``, or ``None`` and the problem."""
-    spans = find_quote(text, quote, start, end)
-    if len(spans) == 1:
-        return spans[0], None
-    short = quote if len(quote) <= 60 else quote[:57] + "..."
-    if not spans:
-        return None, f"quote not found: {short!r}"
-    where = ", ".join(str(s) for s, _ in spans[:5])
-    return None, f"quote is ambiguous, found at {len(spans)} places (offsets {where}): {short!r}"
 
 
 @dataclass

@@ -25,7 +25,8 @@ from quallm.codings import Coding
 from quallm.csvsafe import SafeWriter
 from quallm.errors import ConfigError
 from quallm.reconciling import RunInputs, load_coding_file, load_run
-from quallm.rundir import RunDir, now_iso
+from quallm.run.opening import open_run
+from quallm.rundir import now_iso
 
 #: ExtractOptions.min_confidence's default: the threshold "without calibration" is compared with.
 DEFAULT_THRESHOLD = 0.5
@@ -97,7 +98,8 @@ def calibrate_run(
         )
     table, issues = label_table(transcripts, proposals, codings, codes, unit, min_overlap)
     problems.extend(issues)
-    default = float(RunDir(run_dir).read_manifest().get("parameters", {}).get("min_confidence", DEFAULT_THRESHOLD))
+    params = open_run(run_dir, need_manifest=False).manifest.parameters
+    default = float(params.get("min_confidence", DEFAULT_THRESHOLD))
     default = DEFAULT_THRESHOLD if default <= 0 else default  # a generous pass (0) is not "the default"
     oof, fold_thr = maths.out_of_fold(table, DEFAULT_THRESHOLD, k_folds)
     at_default = maths.predict(table.s, np.full(len(codes), default))
@@ -153,7 +155,7 @@ def calibrate_run(
         pooled_default=figs_default.pooled,
         not_calibrated=tuple(not_calibrated),
         problems=tuple(problems),
-        validity=validity_from_manifest(RunDir(run_dir).read_manifest()),
+        validity=validity_from_manifest(open_run(run_dir, need_manifest=False).manifest.model_dump(mode="json")),
     )
     path = write_calibration(cal, Path(out) if out else Path(run_dir) / CALIBRATION_FILE)
     return CalibrationOutcome(cal, path, problems)

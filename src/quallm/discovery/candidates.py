@@ -2,7 +2,7 @@
 
 Each chunk of a transcript is sent whole (the interviewer's turns marked as such). The model answers
 with candidate challenges and enablers, each with a label, a one-sentence description and a quote;
-the quote is aligned to the interviewee's words in the chunk (``grounding.align_quote``: exact,
+the quote is aligned to the interviewee's words in the chunk (``core.spans.align_quote``: exact,
 normalised, fuzzy), and a candidate whose quote cannot be found is dropped and logged.
 """
 
@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from quallm.chunking import Chunk, chunk_transcript
 from quallm.codebook import DEFAULT_KINDS
 from quallm.codebook import Kind as Category
+from quallm.core.spans import align_quote
 from quallm.errors import ModelError
-from quallm.grounding import align_quote
 from quallm.models.base import ChatModel, ChatRequest, Usage
 from quallm.prompting import kind_values, load_prompt
 from quallm.reask import ask
@@ -27,7 +27,7 @@ from quallm.schemas import DiscoveryAnswer, discovery_schema
 from quallm.tokenizers import TiktokenTokenizer
 from quallm.transcripts.model import Transcript
 
-Kind = str  # the name of one of DiscoverOptions.kinds
+KindName = str  # the name of one of DiscoverOptions.kinds (a codebook.Kind, by name)
 CHUNK_ENCODING = "o200k_base"
 
 
@@ -76,7 +76,7 @@ class Candidate(BaseModel):
     transcript_id: str
     repeat: int
     chunk: int
-    kind: Kind
+    kind: KindName
     label: str
     description: str
     quotes: tuple[Quote, ...]
@@ -202,7 +202,7 @@ class CandidateFinder:
                 # Not re-asked: at temperature 0 the 1.5B model gave "Challenge" again after being told.
                 generic += 1
                 continue
-            theme_kind: Kind = t.kind
+            theme_kind: KindName = t.kind
             quote = self._ground(transcript, chunk, t.quote)
             if quote is None:
                 lost.append(Ungrounded(code_id=label, quote=t.quote, where="discovery"))

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from quallm.discovery.candidates import Candidate, Kind
+from quallm.discovery.candidates import Candidate, KindName
 from quallm.embeddings import Embedder
 from quallm.results import Quote
 
@@ -40,7 +40,7 @@ class Theme(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    kind: Kind
+    kind: KindName
     kind_votes: dict[str, int]  # how many members the model called a challenge, an enabler
     label: str
     description: str
@@ -198,7 +198,7 @@ def _theme(
     top = max(votes.values(), default=0)
     leaders = [k for k in kinds if votes[k] == top]
     # The majority; on a tie the medoid's kind when it is among the leaders.
-    kind: Kind = medoid.kind if medoid.kind in leaders or not leaders else leaders[0]
+    kind: KindName = medoid.kind if medoid.kind in leaders or not leaders else leaders[0]
     labels: list[str] = []
     for i in [group[_medoid(sub)], *order]:
         if members[i].label.lower() not in {x.lower() for x in labels}:

@@ -4,30 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from quallm import __version__
 from quallm.codebook import DEFAULT_KINDS
 from quallm.discovery.candidates import Candidate, CandidateFinder, CandidateSet, DiscoverOptions
 from quallm.discovery.consolidate import Theme, consolidate
 from quallm.discovery.merge import model_grouper
 from quallm.discovery.outputs import draft_codebook, draft_yaml, in_codebook, render_themes_md
 from quallm.embeddings import Embedder
-from quallm.errors import InputError, QuallmError
 from quallm.models.base import ChatModel
 from quallm.models.limits import LimitedModel
 from quallm.prompting import load_prompt
-from quallm.rundir import RunDir, atomic_write_text, locked, now_iso
+from quallm.run.batch import BatchInputs, run_pool
+from quallm.run.manifest import Manifest
+from quallm.rundir import RunDir, atomic_write_text, locked
 from quallm.runner import Progress
-from quallm.transcripts import InputOptions, gather_inputs, load_transcript, nothing_to_code
+from quallm.transcripts import InputOptions
 from quallm.transcripts.model import Transcript
 
 _PROMPTS = ("discover_chunk", "discover_merge")
@@ -152,54 +149,26 @@ def _run_discovery(
     report = DiscoveryReport(out=run.path)
     chat = LimitedModel(model, opts.concurrency) if opts.concurrency > 1 else model
     finder = CandidateFinder(chat, opts)
-    manifest: dict[str, Any] = {
-        "command": "discover",
-        "quallm_version": __version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "status": "running",
-        "started": now_iso(),
-        "finished": None,
-        "model": {"name": model.name, "endpoint": model.endpoint, **(model_info or {})},
-        "embedder": embedder.name,
-        "prompts": {n: load_prompt(n).hash for n in _PROMPTS},
-        "parameters": opts.model_dump(mode="json"),
-        "inputs": [],
-    }
-    run.write_manifest(manifest)
-    gathered = gather_inputs(inputs, input_options)
-    paths = gathered.paths
-    prog.start((len(paths) + len(gathered.errors)) * opts.repeats)
-    inputs_info: list[dict[str, Any]] = []
-    loaded: list[Transcript] = []
-
-    def refuse(file: str, exc: QuallmError) -> None:
-        report.errors.append(str(exc))
-        run.log("input_error", file=file, message=str(exc))
-        inputs_info.append({"file": file, "error": str(exc)})
-        for _ in range(opts.repeats):
+    manifest = Manifest.begin(
+        model,
+        model_info,
+        output_mode=False,
+        command="discover",
+        embedder=embedder.name,
+        prompts={n: load_prompt(n).hash for n in _PROMPTS},
+        parameters=opts.model_dump(mode="json"),
+    )
+    run.write_manifest(manifest.dumps())
+    def refused() -> None:
+        for _ in range(opts.repeats):  # a refused file is one finished step per repeat
             prog.transcript_done(None)
 
-    for w in gathered.warnings:
-        report.warnings.append(w)
-        run.log("warning", message=w)
-    for err in gathered.errors:
-        refuse(err.path, err)
-    for p in paths:
-        try:
-            t = load_transcript(p)
-        except QuallmError as exc:
-            refuse(str(p), exc)
-            continue
-        except Exception as exc:  # a surprise in one file is that file's error line, never the batch's end
-            refuse(str(p), InputError(p, f"cannot read ({type(exc).__name__}: {exc})"))
-            continue
-        inputs_info.append({"file": str(p), "transcript_id": t.id})
-        empty = nothing_to_code(t, opts.coded_speakers)
-        for w in (*t.warnings, *([empty] if empty else [])):
-            report.warnings.append(w)
-            run.log("warning", transcript_id=t.id, message=w)
-        loaded.append(t)
+    batch = BatchInputs(run, inputs, input_options, on_refused=refused)
+    prog.start(batch.total * opts.repeats)
+    batch.report_gathered()
+    loaded: list[Transcript] = [t for _, t, _ in batch.read(coded_speakers=opts.coded_speakers)]
+    report.errors.extend(batch.errors)
+    report.warnings.extend(batch.warnings)
     report.transcripts = len(loaded)
 
     jobs: list[tuple[Transcript, int, str]] = []
@@ -231,13 +200,7 @@ def _run_discovery(
         report.done += 1
         prog.transcript_done(None)
 
-    if opts.concurrency <= 1:
-        for job in jobs:
-            finish(work(job))
-    else:
-        with ThreadPoolExecutor(max_workers=opts.concurrency) as pool:
-            for cs in pool.map(work, jobs):  # results come back in order; each is saved on this thread
-                finish(cs)
+    run_pool(jobs, work, finish, opts.concurrency, in_order=True)  # each set is saved on this thread
 
     # Consolidate everything saved for the current inputs (also what earlier runs of the command saved).
     sets = [
@@ -288,12 +251,11 @@ def _run_discovery(
     else:
         report.notes.append("no theme was found in enough transcripts: codebook.draft.yaml not written")
         draft.unlink(missing_ok=True)
-    manifest.update(
-        status="finished" if report.ok else "finished with problems",
-        finished=now_iso(),
-        inputs=inputs_info,
-        counts={
-            "inputs": len(paths) + len(gathered.errors),
+    manifest.finish(
+        report.ok,
+        batch.entries,
+        {
+            "inputs": batch.total,
             "transcripts": len(loaded),
             "runs_done": report.done,
             "runs_skipped_already_done": report.skipped,
@@ -307,7 +269,7 @@ def _run_discovery(
             "prompt_tokens": sum(cs.usage.prompt_tokens for cs in sets),
             "completion_tokens": sum(cs.usage.completion_tokens for cs in sets),
         },
-        errors=report.errors,
+        report.errors,
     )
-    run.write_manifest(manifest)
+    run.write_manifest(manifest.dumps())
     return report

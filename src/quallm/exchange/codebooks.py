@@ -275,10 +275,10 @@ def read_qdc(path: Path) -> Codebook:
 
 def read_project_codebook(path: Path) -> Codebook:
     """The codebook inside a REFI-QDA ``.qdpx`` archive or a bare ``.qde`` (any file name)."""
-    from quallm.exchange.qdpx import _pick_qde
+    from quallm.exchange.refi import pick_qde
 
     if is_zip(path):
-        data = _read_zip_member(path, _pick_qde)
+        data = _read_zip_member(path, pick_qde)
     elif path.suffix.lower() == ".qdpx":
         raise CodebookError(f"{path}: not a zip archive (a .qdpx is a zip holding a .qde project file)")
     else:
@@ -302,7 +302,7 @@ def _description(el: Any) -> dict[str, Any]:
 
 def _is_kind_folder(el: Any, guid: str) -> bool:
     """A non-codable folder quallm's .qdpx export puts a flat codebook's codes of one kind in."""
-    from quallm.exchange.qdpx import kind_folder_guid
+    from quallm.exchange.refi import kind_folder_guid
 
     kinds = {_description(child).get("kind") for child in _kids(el, "Code")}
     return any(k and kind_folder_guid(k) == guid for k in kinds)
@@ -372,7 +372,7 @@ def _safe(s: str) -> str:
 
 def build_qdc(codebook: Codebook) -> bytes:
     """The codebook as a REFI-QDA ``.qdc`` document (namespace ``urn:QDA-XML:codebook:1.0``), the tree kept."""
-    from quallm.exchange.qdpx import code_guid
+    from quallm.exchange.refi import code_guid
 
     ns = f"{{{CODEBOOK_NAMESPACE}}}"
     root = etree.Element(f"{ns}CodeBook", nsmap={None: CODEBOOK_NAMESPACE}, origin=f"quallm {__version__}")
@@ -416,7 +416,7 @@ def validate_qdc(xml: bytes, schema: str | Path | None = None) -> list[str]:
 
 def export_codebook(codebook: Codebook, out: str | Path) -> Path:
     """Write ``codebook`` to ``out`` as ``.qdc`` (checked against the XSD), ``.csv``, or ``.yaml``/``.yml``."""
-    from quallm.rundir import atomic_write_text
+    from quallm.files import atomic_write_text
 
     p = Path(out)
     suffix = p.suffix.lower()

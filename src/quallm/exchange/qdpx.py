@@ -27,7 +27,6 @@ import json
 import os
 import re
 import tempfile
-import uuid
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,15 +42,13 @@ from quallm.codebook import Codebook
 from quallm.codings import Alignment, Coding
 from quallm.errors import InputError
 from quallm.exchange.archive import ArchiveLimits, SafeArchive, is_zip
+from quallm.exchange.refi import _guid, code_guid, kind_folder_guid, pick_qde, source_guid, user_guid
 from quallm.review.derive import reviewed_codings
-from quallm.rundir import RunDir
-from quallm.transcripts import load_transcript
+from quallm.run.opening import open_run
 from quallm.transcripts.model import Transcript
 
 NAMESPACE = "urn:QDA-XML:project:1.0"
 _NS = f"{{{NAMESPACE}}}"
-# Fixed namespace for quallm's uuid5 GUIDs: the same key always gives the same GUID.
-GUID_NAMESPACE = uuid.UUID("6f1d3c1e-8a52-5b4e-9f0a-2d7c4e9b1a35")
 # Said in the note of a coding whose code a calibration did not find reliable (quallm calibrate).
 NEEDS_REVIEW_NOTE = "NEEDS REVIEW: the calibration on the human-coded sample did not find this code reliable."
 # Marks the quallm metadata line of a note and the quallm id inside a code's description.
@@ -105,34 +102,10 @@ class QdpxExport(BaseModel):
 # --------------------------------------------------------------------------------------------- GUIDs
 
 
-def _guid(key: str) -> str:
-    return str(uuid.uuid5(GUID_NAMESPACE, key))
-
-
-def code_guid(code_id: str) -> str:
-    """The GUID quallm gives a code in exports (stable: uuid5 of the code id)."""
-    return _guid(f"code:{code_id}")
-
-
-def kind_folder_guid(kind: str) -> str:
-    """The GUID of the non-codable folder that holds a flat codebook's codes of one kind in exports."""
-    return _guid(f"kind:{kind}")
-
-
 def _guid_of(codebook: Codebook, code_id: str) -> str:
     """A code's GUID in exports: the one it was imported with, else quallm's stable one."""
     code = codebook.get(code_id)
     return code.guid if code is not None and code.guid else code_guid(code_id)
-
-
-def source_guid(transcript_id: str) -> str:
-    """The GUID quallm gives a transcript's text source in exports."""
-    return _guid(f"source:{transcript_id}")
-
-
-def user_guid(name: str) -> str:
-    """The GUID quallm gives a coder in exports."""
-    return _guid(f"user:{name}")
 
 
 def _norm_guid(raw: str | None) -> str:
@@ -181,7 +154,7 @@ def _open_project(p: Path, limits: ArchiveLimits | None = None) -> tuple[bytes, 
     if is_zip(p):
         archive = SafeArchive(p, limits)
         try:
-            qde = _pick_qde(archive.names())
+            qde = pick_qde(archive.names())
             if qde is None:
                 raise InputError(p, "no project.qde in the archive (a .qdpx is a zip holding project.qde)")
             xml = archive.read(qde)
@@ -223,19 +196,6 @@ def _open_project(p: Path, limits: ArchiveLimits | None = None) -> tuple[bytes, 
         return None
 
     return xml, beside, None
-
-
-def _pick_qde(names: Sequence[str]) -> str | None:
-    for n in names:
-        if n.lower() == "project.qde":
-            return n
-    top = [n for n in names if n.lower().endswith(".qde") and "/" not in n]
-    anywhere = [n for n in names if n.lower().endswith(".qde")]
-    # Some tools name the file after the project; accept one unambiguous .qde.
-    for group in (top, anywhere):
-        if len(group) == 1:
-            return group[0]
-    return None
 
 
 def _parse_project(p: Path, xml: bytes) -> Any:
@@ -925,17 +885,12 @@ def export_run(
     codings or the review log are added to the summary's ``skipped``.
     """
 
-    run = RunDir(run_dir)
-    manifest = run.read_manifest()
-    if not manifest:
-        raise InputError(run.path, "not a quallm run directory (no manifest.json)")
-    results = run.results()
-    files = {i["transcript_id"]: i["file"] for i in manifest.get("inputs", []) if i.get("transcript_id")}
-    transcripts = [load_transcript(files.get(r.transcript_id, r.source)) for r in results]
-    cb_path = (manifest.get("codebook") or {}).get("path")
-    if not cb_path:
+    run = open_run(run_dir)
+    results = run.results
+    transcripts = run.transcripts()
+    if not (run.manifest.codebook and run.manifest.codebook.path):
         raise InputError(run.path / "manifest.json", "names no codebook file (codebook.path)")
-    codebook = Codebook.load(cb_path)
+    codebook, _ = run.codebook()
     codings = [c for r in results for c in r.codings]
     problems: list[str] = []
     human_path = Path(include_human) if include_human else run.path / "human_codings.json"
@@ -945,7 +900,7 @@ def export_run(
     reviewed = reviewed_codings(run.path)
     codings.extend(reviewed.codings)
     problems.extend(reviewed.problems)
-    model = (manifest.get("model") or {}).get("name")
+    model = run.manifest.model.name
     summary = write_qdpx(
         out_path, transcripts, codebook, codings,
         project_name=project_name or f"quallm run {run.path.name}",

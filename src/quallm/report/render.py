@@ -22,29 +22,26 @@ from markupsafe import Markup, escape
 
 from quallm.agreement import AgreementReport, Disagreement, PairReport, format_estimate
 from quallm.agreement.probability import ProbabilityCalibration
-from quallm.codebook import Code, Codebook
-from quallm.codings import Coding
-from quallm.errors import InputError, QuallmError
-from quallm.hashing import sha256_file
-from quallm.results import Summary, SummaryPoint, TranscriptResult
-from quallm.review.decisions import REVIEW_FILE, read_log
-from quallm.review.derive import review_counts
-from quallm.review.state import fold
-from quallm.review.state import reviewers as review_reviewers
-from quallm.rundir import RunDir, atomic_write_text, now_iso
-from quallm.synthesis import (
+from quallm.analysis.synthesis import (
     CodeComparison,
-    StudySummary,
     Synthesis,
     default_group_column,
     format_p,
     format_share,
     group_line,
-    read_study_summary,
-    resolve_run_path,
-    run_codebook,
     synthesise,
 )
+from quallm.codebook import Code, Codebook
+from quallm.codings import Coding
+from quallm.errors import InputError, QuallmError
+from quallm.outputs.study_summary import StudySummary, read_study_summary
+from quallm.results import Summary, SummaryPoint, TranscriptResult
+from quallm.review.decisions import REVIEW_FILE, read_log
+from quallm.review.derive import review_counts
+from quallm.review.state import fold
+from quallm.review.state import reviewers as review_reviewers
+from quallm.run.opening import OpenRun, open_run
+from quallm.rundir import RunDir, atomic_write_text, now_iso
 from quallm.transcripts import load_transcript
 from quallm.transcripts.model import Transcript
 
@@ -185,13 +182,9 @@ class DisagreementView:
 
 
 
-def _load_transcript(run: RunDir, manifest: dict[str, Any], r: TranscriptResult) -> tuple[Transcript | None, list[str]]:
+def _load_transcript(run: OpenRun, r: TranscriptResult) -> tuple[Transcript | None, list[str]]:
     """The transcript of ``r`` read again from its source file, and notices about it."""
-    entry: dict[str, Any] = next(
-        (i for i in manifest.get("inputs") or [] if i.get("transcript_id") == r.transcript_id), {}
-    )
-    raw = entry.get("file") or r.source
-    path = resolve_run_path(run, raw)
+    raw, path = run.transcript_file(r)
     if path is None:
         return None, [f"The transcript file {raw!r} was not found, so the text is not shown; the coded quotes are."]
     try:
@@ -199,7 +192,7 @@ def _load_transcript(run: RunDir, manifest: dict[str, Any], r: TranscriptResult)
     except QuallmError as exc:
         return None, [f"The transcript could not be read again ({exc}); the coded quotes are shown instead."]
     notices = []
-    if entry.get("sha256") and entry["sha256"] != sha256_file(path):
+    if run.transcript_changed(r, path):
         notices.append(f"{path} has changed since the run; codings that no longer match the text are listed below.")
     return t, notices
 
@@ -481,7 +474,7 @@ def _run_facts(manifest: dict[str, Any], results: Sequence[TranscriptResult], cb
     return facts
 
 
-def _read_agreement(run: RunDir) -> tuple[AgreementReport | None, list[Disagreement], list[str]]:
+def _read_agreement(run: OpenRun) -> tuple[AgreementReport | None, list[Disagreement], list[str]]:
     notices: list[str] = []
     path = run.path / "agreement.json"
     if not path.is_file():
@@ -509,7 +502,7 @@ def _ordered_pairs(report: AgreementReport) -> list[PairReport]:
     return sorted(report.pairs, key=lambda p: order.get(p.kind, 9))
 
 
-def _review(run: RunDir, codebook: Codebook, n_transcripts: int) -> dict[str, Any] | None:
+def _review(run: OpenRun, codebook: Codebook, n_transcripts: int) -> dict[str, Any] | None:
     """Review decisions per code (``quallm review``), or None when the run has no review log."""
     log = read_log(run.path / REVIEW_FILE)
     if not log.decisions and not log.problems:
@@ -525,15 +518,15 @@ def _review(run: RunDir, codebook: Codebook, n_transcripts: int) -> dict[str, An
 class _Builder:
     """Collects everything the template needs from one run directory."""
 
-    def __init__(self, run: RunDir, by: str | None, codebook: Codebook | None, max_disagreements: int) -> None:
+    def __init__(self, run: OpenRun, by: str | None, codebook: Codebook | None, max_disagreements: int) -> None:
         self.run = run
-        self.results = run.results()
+        self.results = run.results
         if not self.results:
             raise InputError(run.path, "the run has no results to report")
-        self.manifest = run.read_manifest()
+        self.manifest = run.manifest.to_json()
         self.by = by if by is not None else default_group_column(self.results)
         self.syn: Synthesis = synthesise(run, self.by, codebook=codebook)
-        self.codebook, _ = run_codebook(run, codebook)
+        self.codebook, _ = run.codebook(codebook)
         self.max_disagreements = max_disagreements
         self.t_index = {r.transcript_id: i for i, r in enumerate(self.results)}
         self.anchors: dict[tuple[str, int, int], str] = {}  # (transcript, start, end) -> mark id
@@ -573,7 +566,7 @@ class _Builder:
         views = []
         for r in self.results:
             i = self.t_index[r.transcript_id]
-            t, notices = _load_transcript(self.run, self.manifest, r)
+            t, notices = _load_transcript(self.run, r)
             view = TranscriptView(
                 index=i,
                 anchor=f"t{i}",
@@ -825,14 +818,14 @@ class _Builder:
 
 
 def build_report_html(
-    run_dir: str | Path | RunDir,
+    run_dir: str | Path | RunDir | OpenRun,
     *,
     by: str | None = None,
     codebook: Codebook | None = None,
     max_disagreements: int = MAX_DISAGREEMENTS,
 ) -> str:
     """The report of a run as one HTML string (see :func:`render_report`)."""
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = open_run(run_dir, need_manifest=False)
     builder = _Builder(run, by, codebook, max_disagreements)
     env = _environment()
     env.filters["kind_css"] = builder.kind_css
@@ -840,7 +833,7 @@ def build_report_html(
 
 
 def render_report(
-    run_dir: str | Path | RunDir,
+    run_dir: str | Path | RunDir | OpenRun,
     out_path: str | Path | None = None,
     *,
     by: str | None = None,
@@ -855,7 +848,7 @@ def render_report(
     study summary when ``study_summary.json`` is. Transcript texts are read again from the files named in
     the manifest, to show each quote in its context.
     """
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = open_run(run_dir, need_manifest=False)
     out = Path(out_path) if out_path is not None else run.path / "report.html"
     html = build_report_html(run, by=by, codebook=codebook, max_disagreements=max_disagreements)
     try:

@@ -20,8 +20,8 @@ from quallm.exchange.qdpx import utf16_to_cp
 from quallm.review.decisions import REVIEW_FILE, CodingRef, Decision, DecisionLog, read_log
 from quallm.review.derive import review_counts
 from quallm.review.state import ReviewItem, ReviewState, build_items, fold
+from quallm.run.opening import OpenRun, read_manifest
 from quallm.rundir import RunDir
-from quallm.transcripts import load_transcript
 from quallm.transcripts.model import Transcript, Turn
 
 StatusFilter = Literal["all", "pending", "decided", "accepted", "rejected", "recoded"]
@@ -273,26 +273,25 @@ def _load(run: RunDir, notices: list[str]) -> tuple[dict[str, Transcript], Codeb
         raise InputError(run.path, "does not exist; give the run directory 'quallm extract' wrote")
     if not run.path.is_dir():
         raise InputError(run.path, "is not a directory; give the run directory 'quallm extract' wrote")
-    manifest = run.read_manifest()
-    if not manifest:
+    opened = read_manifest(run.path)
+    if opened is None:
         raise InputError(run.path, "not a quallm run directory (no manifest.json); run 'quallm extract' first")
     if not run.results_dir.is_dir():
         raise InputError(run.path, "incomplete run: no results/ folder yet; let 'quallm extract' finish a transcript")
-    results = run.results()
+    it = OpenRun(run.path, opened)
+    results = it.results
     if not results:
         raise InputError(run.path / "results", "incomplete run: no transcript has a result yet")
-    if manifest.get("status") != "finished":
-        notices.append(f"the run is not finished (status {manifest.get('status')!r}): reviewing the "
+    if opened.status != "finished":
+        notices.append(f"the run is not finished (status {opened.status!r}): reviewing the "
                        f"{len(results)} transcript(s) with results; resume 'quallm extract' for the rest")
-    cb_path = (manifest.get("codebook") or {}).get("path")
-    if not cb_path:
+    if not (opened.codebook and opened.codebook.path):
         raise InputError(run.path / "manifest.json", "names no codebook file (codebook.path)")
-    codebook = Codebook.load(cb_path)
-    files = {i["transcript_id"]: i["file"] for i in manifest.get("inputs", []) if i.get("transcript_id")}
+    codebook, _ = it.codebook()
     transcripts: dict[str, Transcript] = {}
     for r in results:
         try:
-            transcripts[r.transcript_id] = load_transcript(files.get(r.transcript_id, r.source))
+            transcripts[r.transcript_id] = it.transcript(r)
         except QuallmError as exc:
             notices.append(f"{exc}; its codings are left out of the review")
     if not transcripts:

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from quallm.errors import QuallmError
-from quallm.extract import LOCAL_CHUNK_TOKENS, REMOTE_CHUNK_TOKENS
+from quallm.models.profile import REMOTE_CHUNK_TOKENS
 from quallm.runner import Progress as RunProgress
 from quallm.transcripts import DEFAULT_MAX_FILE_MB
 
@@ -177,48 +177,28 @@ def _price_of(model_name: str) -> Any:
     return found[1] if found else None
 
 
-def build_model(
+def _build(
     model: str | None,
     model_path: Path | None,
     base_url: str | None,
     api_key_env: str,
     record: Path | None,
     replay: Path | None,
-    azure_api_version: str | None = None,
-    cache: Path | None = None,
-    use_cache: bool = False,
-    rpm: int | None = None,
-    tpm: int | None = None,
-) -> tuple[Any, dict[str, Any], Any]:
-    """The chat model the options ask for, wrapped for cache and record/replay; manifest facts; the bare backend.
+    azure_api_version: str | None,
+    cache: Path | None,
+    use_cache: bool,
+    rpm: int | None,
+    tpm: int | None,
+) -> Any:
+    """The library's one builder of the wrapped model (:func:`quallm.models.build.build_model`)."""
+    from quallm.models.build import ModelSettings, build_model
 
-    The cache sits inside the recorder, so a recording holds every exchange of the run, cached or not.
-    """
-    from quallm.cache import CachedModel, ResponseCache
-    from quallm.models.factory import build_chat_model
-    from quallm.models.resolve import resolve_model
-    from quallm.recording import RecordingModel, ReplayModel
-
-    if replay is not None:
-        rm = ReplayModel(replay)
-        return rm, {"backend": "replay", "recordings": str(replay)}, rm
-    choice = resolve_model(
-        model, model_path=str(model_path) if model_path else None, base_url=base_url, api_key_env=api_key_env
+    settings = ModelSettings(
+        model=model, model_path=model_path, base_url=base_url, api_key_env=api_key_env,
+        azure_api_version=azure_api_version, record=record, replay=replay, cache=cache, use_cache=use_cache,
+        rpm=rpm, tpm=tpm,
     )
-    bare, info = build_chat_model(choice, api_key_env=api_key_env, azure_api_version=azure_api_version)
-    chat: Any = bare
-    if rpm or tpm:
-        from quallm.models.limits import RateLimitedModel
-
-        chat = RateLimitedModel(chat, rpm, tpm)  # inside the cache: cached answers never wait
-        info["rate_limits"] = {"requests_per_minute": rpm, "tokens_per_minute": tpm}
-    if use_cache:
-        chat = CachedModel(chat, ResponseCache(cache, on_warning=_cache_warning))
-        info["cache"] = str(chat.cache.path)
-    if record is not None:
-        chat = RecordingModel(chat, record)
-        info["recorded_to"] = str(record)
-    return chat, info, bare
+    return build_model(settings, on_cache_warning=_cache_warning)
 
 
 @app.command()
@@ -321,18 +301,19 @@ def extract(
         _fail(f"--strategy must be auto, turn or chunk, not {strategy!r}")
     try:
         cb = Codebook.load(codebook)
-        chat, info, bare = build_model(
+        built = _build(
             model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache, rpm, tpm
         )
+        chat, info, bare, profile = built.chat, built.info, built.bare, built.profile
         _codebook_warnings(cb, codebook)
-        local = chat.endpoint.startswith("local:")
+        local = profile.local
         options = ExtractOptions(
             strategy=strategy,  # type: ignore[arg-type]
-            chunk_tokens=chunk_tokens or (LOCAL_CHUNK_TOKENS if local else REMOTE_CHUNK_TOKENS),
+            chunk_tokens=chunk_tokens or profile.chunk_tokens,
             pack=pack,
             coded_speakers=tuple(s.strip() for s in speakers.split(",") if s.strip()) if speakers else (),
             summary=summary,
-            concurrency=1 if local else max(1, concurrency),
+            concurrency=profile.concurrency(concurrency),
             verify=verify,
         )
         tuned: dict[str, Any] = {}
@@ -948,10 +929,10 @@ def discover(
     embedder = MiniLMEmbedder()
     try:
         embedder.check()  # before the first model call: a missing embedding model must not waste them
-        chat, info, _ = build_model(
+        built = _build(
             model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache, rpm, tpm
         )
-        local = chat.endpoint.startswith("local:")
+        chat, info, profile = built.chat, built.info, built.profile
         options = DiscoverOptions(
             focus=focus,
             kinds=parse_kinds(kinds),
@@ -961,9 +942,9 @@ def discover(
             min_transcripts=min_transcripts,
             chunk_tokens=chunk_tokens,
             max_themes_per_chunk=max_themes,
-            min_themes_per_chunk=(2 if local else 0) if min_themes is None else min_themes,
+            min_themes_per_chunk=profile.discover_min_themes if min_themes is None else min_themes,
             coded_speakers=tuple(s.strip() for s in speakers.split(",") if s.strip()) if speakers else (),
-            concurrency=1 if local else max(1, concurrency),
+            concurrency=profile.concurrency(concurrency),
         )
     except QuallmError as exc:
         _fail(str(exc))
@@ -1012,8 +993,8 @@ def synthesise(
 
     Writes synthesis.json, matrix.csv and prevalence_by_<column>.csv.
     """
-    from quallm.synthesis import synthesise as do_synthesise
-    from quallm.synthesis import write_synthesis
+    from quallm.analysis.synthesis import synthesise as do_synthesise
+    from quallm.analysis.synthesis import write_synthesis
 
     try:
         s = do_synthesise(run_dir, by, codebook=_codebook_or_none(codebook))
@@ -1039,21 +1020,28 @@ def study_summary_cmd(
     max_prompt_tokens: Annotated[
         int, typer.Option("--max-prompt-tokens", help="No map or reduce prompt exceeds this many tokens.")
     ] = 3000,
-    record: Annotated[Path | None, typer.Option("--record", help="Save every model exchange here.")] = None,
-    replay: Annotated[Path | None, typer.Option("--replay", help="Answer only from recordings here.")] = None,
+    azure_api_version: AzureOpt = None,
+    record: RecordOpt = None,
+    replay: ReplayOpt = None,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
 ) -> None:
     """Executive summary across all transcripts: main challenges and enablers, prevalence, grounded quotes.
 
     The model writes the prose (map per code, then reduce); every number is computed by quallm and every
     quote is an existing grounded coding. Writes study_summary.json and study_summary.md.
     """
-    from quallm.synthesis import StudyOptions, study_summary, write_study_summary
+    from quallm.outputs.study_summary import StudyOptions, study_summary, write_study_summary
 
     try:
-        chat, _info, _bare = build_model(model, model_path, base_url, api_key_env, record, replay)
+        built = _build(
+            model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache, rpm, tpm
+        )
         s = study_summary(
             run_dir,
-            chat,
+            built.chat,
             by,
             codebook=_codebook_or_none(codebook),
             options=StudyOptions(max_prompt_tokens=max_prompt_tokens),

@@ -1,0 +1,1 @@
+"""Numbers from a run, never the model layer: synthesis (matrix, prevalence, exact tests)."""

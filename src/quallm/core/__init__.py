@@ -1,0 +1,1 @@
+"""Shared values: spans of text (sentences, normalisation, quote finding)."""

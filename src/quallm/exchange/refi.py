@@ -1,0 +1,51 @@
+"""REFI-QDA identities quallm gives in exports (stable uuid5 GUIDs) and the project file inside an archive.
+
+Shared by the project exchange (``qdpx.py``) and the codebook formats (``codebooks.py``), so neither
+imports the other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+# Fixed namespace for quallm's uuid5 GUIDs: the same key always gives the same GUID.
+GUID_NAMESPACE = uuid.UUID("6f1d3c1e-8a52-5b4e-9f0a-2d7c4e9b1a35")
+
+
+def _guid(key: str) -> str:
+    return str(uuid.uuid5(GUID_NAMESPACE, key))
+
+
+def code_guid(code_id: str) -> str:
+    """The GUID quallm gives a code in exports (stable: uuid5 of the code id)."""
+    return _guid(f"code:{code_id}")
+
+
+def kind_folder_guid(kind: str) -> str:
+    """The GUID of the non-codable folder that holds a flat codebook's codes of one kind in exports."""
+    return _guid(f"kind:{kind}")
+
+
+def source_guid(transcript_id: str) -> str:
+    """The GUID quallm gives a transcript's text source in exports."""
+    return _guid(f"source:{transcript_id}")
+
+
+def user_guid(name: str) -> str:
+    """The GUID quallm gives a coder in exports."""
+    return _guid(f"user:{name}")
+
+
+def pick_qde(names: Sequence[str]) -> str | None:
+    """The project file (``project.qde``, else the one ``.qde``) among an archive's member names."""
+    for n in names:
+        if n.lower() == "project.qde":
+            return n
+    top = [n for n in names if n.lower().endswith(".qde") and "/" not in n]
+    anywhere = [n for n in names if n.lower().endswith(".qde")]
+    # Some tools name the file after the project; accept one unambiguous .qde.
+    for group in (top, anywhere):
+        if len(group) == 1:
+            return group[0]
+    return None

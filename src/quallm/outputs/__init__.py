@@ -1,0 +1,1 @@
+"""What a run becomes for people: the study summary."""
