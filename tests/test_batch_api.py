@@ -92,15 +92,16 @@ def test_batch_run_equals_a_normal_run(tmp_path: Path, cb: Codebook, strategy: s
         assert polls == ["in_progress", "in_progress", "completed"] and res.status == "finished"
     assert normal.ok and res.report is not None and res.report.ok
     failed = {body_key(line["body"]) for i, line in enumerate(srv.state.batch_requests, 1) if i % 4 == 0}
-    # Probabilities come from the answers' own tokens (every coding request asks for logprobs): no
-    # extra scoring request (one token) is sent, in the batch or beside it.
-    assert all(line["body"].get("logprobs") for line in srv.state.batch_requests)
-    assert not [b for b in chat if b.get("max_tokens") == 1]
+    # The yes/no checks of the proposed codings depend on the batch's answers, so they are sent
+    # directly afterwards, as scoring requests (one token, logprobs).
+    scoring = [b for b in chat if b.get("max_tokens") == 1]
+    assert all(b.get("logprobs") for b in scoring) and (scoring or strategy == "chunk")
+    chat = [b for b in chat if b.get("max_tokens") != 1]
     direct_units = [b for b in chat if not _is_summary(b)]
     # Only the lines that failed in the batch were asked directly, each once; plus the summaries.
     assert sorted(body_key(b) for b in direct_units) == sorted(failed)
     assert len(chat) - len(direct_units) == len(INPUTS)
-    assert res.from_batch == len(units) - len(failed) and res.sent_directly == len(chat)
+    assert res.from_batch == len(units) - len(failed) and res.sent_directly == len(chat) + len(scoring)
     assert res.failed_lines == len(failed)  # kept in batch_errors-<id>.jsonl; asked again directly (above)
     assert (tmp_path / "batch" / "codings.csv").read_text() == (tmp_path / "normal" / "codings.csv").read_text()
     assert (tmp_path / "batch" / "summaries.md").read_text() == (tmp_path / "normal" / "summaries.md").read_text()
@@ -125,7 +126,9 @@ def test_submit_now_collect_later_and_nothing_twice(tmp_path: Path, cb: Codebook
         assert second.status == "pending" and len(srv.state.batches) == 1 and len(srv.state.files) == 1
         third = run_batch_extraction(INPUTS, cb, m2, out, options=opts, wait=False)
         assert third.status == "finished" and third.report is not None and third.report.ok
-        assert len(srv.state.batches) == 1 and all(_is_summary(b) for b in srv.chat_requests)
+        assert len(srv.state.batches) == 1 and all(
+            _is_summary(b) or b.get("max_tokens") == 1 for b in srv.chat_requests
+        )
         n_chat = len(srv.chat_requests)
         again = run_batch_extraction(INPUTS, cb, m2, out, options=opts)
         assert again.status == "finished" and again.batch is None  # everything done: no new batch

@@ -66,7 +66,7 @@ class ExtractOptions(BaseModel):
     verify: bool = True
     # "tokens": the coding answer's own token probabilities (no extra request; quallm.confidence).
     # "yesno": one yes/no request per proposed coding (the probability of "yes").
-    scoring: Literal["tokens", "yesno"] = "tokens"
+    scoring: Literal["tokens", "yesno"] = "yesno"
     min_confidence: float = 0.5
     # A calibration (quallm calibrate): per-code thresholds that replace min_confidence for the codes
     # they cover, the codes whose codings are marked needs_review, and the calibration file's sha256.
