@@ -15,24 +15,24 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fixtures" / "demo" / "codebook.yaml"
 DEV_LA = Path("/work/shared/eval/dev-la/codebook.yaml")
 
-# sha256 of the system prompts as rendered before codebooks had categories and a hierarchy (computed
-# from the code at commit 8bc9d32): a codebook that declares no kinds and uses challenge/enabler must
-# render byte for byte the same, so caches and recordings stay valid.
+# sha256 of the system prompts of the default codebooks (challenge/enabler, no kinds declared). First
+# pinned before codebooks had categories (commit 8bc9d32), so that change rendered byte for byte the
+# same; re-pinned when issue 12 changed the coding and summary prompts on purpose (re-recorded then).
 PINNED = {
     "demo": {
         "codebook": "f955fc13ced0c81b6a95f198b1e8beacf29d21d15bdbebbdba61282a5c5f7f2b",
-        "code_turn": "bbd1422d4d887840222ac3daed68cccbe13c8cc8ee6d09ca6dc28a7dba19c8d9",
-        "code_chunk": "6009d7c6e75e2680e347e6c9deb4b7146d81f540660ccef27c0f81b5a0656031",
-        "summary": "525ecfb1b6c0236017b719aa0fa6cb6aa5e00574b8ec7772e3c559ecc419fdf5",
+        "code_turn": "802bb5f81a1422807f9e8eb3eb686c7592b87b30bf63f27e31ebdb48d076d7bd",
+        "code_chunk": "f0bfa6c51d38522f0e06e2667bd21b52cb16a781763494e74223c70c18e4e767",
+        "summary": "db9c90b4eded6136e3b42da75f40d3310fbf684b2a1571eb69439574efb0d1c0",
         "study_map": "789e4e21cdd9fa41a87d7f6996f882299ab6a3b296ae4d107de374edbce20737",
         "study_reduce": "4b0ec5d951e01f3adeab43d29adf8cf87649af0d111e28d5c9685da0332fe202",
         "hash": "efc2435fb50dbf0ae5b3136e9b953175f4f88c24c3712cc8a5adfc652100de3f",
     },
     "dev-la": {
         "codebook": "0db9cba69a95d323d06dd69b814ad8cfc659e199ac8bf25e49d9e9ba8a02fe7a",
-        "code_turn": "f2adda3050463f0a31b0025cf8382be808e453ccfa8e386b42fb3fb03474666e",
-        "code_chunk": "3ce49e7436494bd3816bf619e43ed6405b964c7b0b5cd034264780eef2e061b5",
-        "summary": "525ecfb1b6c0236017b719aa0fa6cb6aa5e00574b8ec7772e3c559ecc419fdf5",
+        "code_turn": "658b2e70d4b31d71da263c74ad7d90fa7b72d647acbc954ebb2956f368adac3d",
+        "code_chunk": "d13ebbdbf469a8c88b95e679b11fc057560c1b1ccf21b26da4d3beb272057749",
+        "summary": "db9c90b4eded6136e3b42da75f40d3310fbf684b2a1571eb69439574efb0d1c0",
         "study_map": "789e4e21cdd9fa41a87d7f6996f882299ab6a3b296ae4d107de374edbce20737",
         "study_reduce": "4b0ec5d951e01f3adeab43d29adf8cf87649af0d111e28d5c9685da0332fe202",
         "hash": "0098d3fbce0b543f37f0dd1e5b242efe32fef11d18686f2902cbd1656206af27",
@@ -40,9 +40,9 @@ PINNED = {
 }
 PINNED_DISCOVER = "c9ff94cbab8e10cd09d380d193b1263e6e764dd1bb132f5d9b191627884aba64"
 PINNED_TEMPLATE_HASHES = {
-    "code_turn": "d6c520f0103c69b8",
-    "code_chunk": "28916c0f106eb96f",
-    "summary": "bf734720877ae547",
+    "code_turn": "90519f5ef65d31b3",
+    "code_chunk": "f7cd16fdeac9fc8b",
+    "summary": "f698995b28f8d04b",
     "study_reduce": "9bfdc3300340a16b",
     "discover_chunk": "5346e20d3a0ae471",
 }

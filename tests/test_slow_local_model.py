@@ -141,14 +141,21 @@ def test_extract_with_the_real_small_model_gives_grounded_codings(
     short = tmp_path / "la01_short.txt"
     short.write_text("\n\n".join(text.split("\n\n")[:8]) + "\n", encoding="utf-8")  # four exchanges
     t = load_transcript(short)
-    result = extract(t, Codebook.load(demo / "codebook.yaml"), model, ExtractOptions(strategy="turn"))
+    opts = ExtractOptions(strategy="turn", min_confidence=0.0)  # keep every proposal, to see its probability
+    result = extract(t, Codebook.load(demo / "codebook.yaml"), model, opts)
     assert result.failures == [], result.failures
+    # Every proposal carries a probability read from the model's own tokens (the logits processor).
+    proposals = result.codings + result.candidates
+    assert proposals and all(c.probability is not None and 0.0 <= c.probability <= 1.0 for c in proposals)
+    yesno = extract(t, Codebook.load(demo / "codebook.yaml"), model, opts.model_copy(update={"scoring": "yesno"}))
+    assert all(c.probability is not None and 0.0 <= c.probability <= 1.0 for c in yesno.codings + yesno.candidates)
     assert result.calls >= len(t.coded_turns())
     assert result.usage.prompt_tokens > 0 and result.usage.completion_tokens > 0
     for c in result.codings:
         assert c.start is not None and c.end is not None and t.text[c.start : c.end] == c.quote
         assert not t.turns[c.turn_index or 0].is_interviewer
     assert result.summary is not None and result.summary.narrative
+    assert all(p.by_model or not p.summary for p in result.summary.points)
 
 
 def test_long_string_limits_give_grammars_llama_cpp_accepts(model: LocalLlamaModel) -> None:

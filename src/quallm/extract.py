@@ -66,8 +66,8 @@ class ExtractOptions(BaseModel):
     verify: bool = True
     # "tokens": the coding answer's own token probabilities (no extra request; quallm.confidence).
     # "yesno": one yes/no request per proposed coding (the probability of "yes").
-    scoring: Literal["tokens", "yesno"] = "yesno"
-    min_confidence: float = 0.5
+    scoring: Literal["tokens", "yesno"] = "tokens"
+    min_confidence: float = 0.2
     # A calibration (quallm calibrate): per-code thresholds that replace min_confidence for the codes
     # they cover, the codes whose codings are marked needs_review, and the calibration file's sha256.
     code_thresholds: dict[str, float] = Field(default_factory=dict)

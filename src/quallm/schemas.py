@@ -88,7 +88,7 @@ def summary_schema(code_ids: list[str]) -> dict[str, Any]:
     The keys are fixed (all required, in the order given), so a grammar or strict schema makes the model
     write each code's sentence right after naming it: it cannot skip a code or fold one into another.
     """
-    return _obj({cid: {"type": "string", "maxLength": 300} for cid in code_ids})
+    return _obj({cid: {"type": "string", "maxLength": 180} for cid in code_ids})
 
 
 class DiscoveredTheme(BaseModel):

@@ -75,7 +75,7 @@ def summarise(
         summary_schema(present),
         "summary",
         temperature=options.temperature,
-        max_tokens=max(options.max_tokens, 120 * len(present)),
+        max_tokens=100 + 80 * len(present),  # 180 characters a sentence: about 45 tokens, and the key
         seed=options.seed,
         transcript_id=fence(transcript.id),
         metadata=fence(f"({meta})") if meta else "",

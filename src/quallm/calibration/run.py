@@ -24,12 +24,13 @@ from quallm.calibration.model import (
 from quallm.codings import Coding
 from quallm.csvsafe import SafeWriter
 from quallm.errors import ConfigError
+from quallm.extract import ExtractOptions
 from quallm.reconciling import RunInputs, load_coding_file, load_run
 from quallm.run.opening import open_run
 from quallm.rundir import now_iso
 
 #: ExtractOptions.min_confidence's default: the threshold "without calibration" is compared with.
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD: float = ExtractOptions.model_fields["min_confidence"].default  # extract's own default
 CALIBRATION_FILE = "calibration.json"
 TEMPLATE_FILE = "calibration_template.csv"
 

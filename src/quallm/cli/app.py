@@ -250,10 +250,18 @@ def extract(
         bool,
         typer.Option(
             "--verify/--no-verify",
-            help="Check each proposed coding with a yes/no question; its probability comes from the model's own "
-            "token probabilities (null where a backend gives none).",
+            help="Give each coding a probability from the model's own token probabilities (null where a backend "
+            "gives none) and keep those below --min-confidence as candidates.",
         ),
     ] = True,
+    scoring: Annotated[
+        str,
+        typer.Option(
+            "--scoring",
+            help="tokens: read the probability from the coding answer's own tokens (no extra request); yesno: "
+            "ask a yes/no check per coding and read p(yes) (one more request each). See README 'Evaluation'.",
+        ),
+    ] = "tokens",
     min_confidence: Annotated[
         float | None,
         typer.Option(
@@ -297,6 +305,8 @@ def extract(
     from quallm.extract import ExtractOptions
     from quallm.runner import run_extraction
 
+    if scoring not in ("tokens", "yesno"):
+        _fail(f"--scoring must be tokens or yesno, not {scoring!r}")
     if strategy not in ("auto", "turn", "chunk"):
         _fail(f"--strategy must be auto, turn or chunk, not {strategy!r}")
     try:
@@ -315,6 +325,7 @@ def extract(
             summary=summary,
             concurrency=profile.concurrency(concurrency),
             verify=verify,
+            scoring=scoring,  # type: ignore[arg-type]
         )
         tuned: dict[str, Any] = {}
         if max_codes is not None:
