@@ -30,7 +30,7 @@ import csv
 import io
 import re
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from lxml import etree
 from quallm import __version__
 from quallm.codebook import DEFAULT_KIND_NAMES, Code, Codebook
 from quallm.errors import CodebookError, InputError
+from quallm.exchange import refi
 from quallm.exchange.archive import is_zip
 
 CODEBOOK_NAMESPACE = "urn:QDA-XML:codebook:1.0"
@@ -245,19 +246,7 @@ def _parse_xml(path: Path, data: bytes) -> Any:
         raise CodebookError(f"{path}: not well-formed XML ({exc})") from exc
 
 
-def _local(el: Any) -> str:
-    return etree.QName(el).localname if isinstance(el.tag, str) else ""
-
-
-def _kids(el: Any, name: str) -> Iterator[Any]:
-    # Any namespace, or none: tools write urn:QDA-XML:codebook:1.0, ...:0:4, or the project namespace.
-    for child in el:
-        if isinstance(child.tag, str) and _local(child) == name:
-            yield child
-
-
-def _kid(el: Any, name: str) -> Any | None:
-    return next(_kids(el, name), None)
+_local, _kids, _kid = refi.local_name, refi.children, refi.child  # the shared REFI-QDA element helpers
 
 
 def read_qdc(path: Path) -> Codebook:

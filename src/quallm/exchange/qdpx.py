@@ -29,7 +29,7 @@ import re
 import tempfile
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,16 @@ from quallm import __version__
 from quallm.codebook import Codebook
 from quallm.codings import Alignment, Coding
 from quallm.errors import InputError
+from quallm.exchange import refi
 from quallm.exchange.archive import ArchiveLimits, SafeArchive, is_zip
-from quallm.exchange.refi import _guid, code_guid, kind_folder_guid, pick_qde, source_guid, user_guid
+from quallm.exchange.refi import (
+    _guid,
+    code_guid,
+    kind_folder_guid,
+    pick_qde,
+    source_guid,
+    user_guid,
+)
 from quallm.review.derive import reviewed_codings
 from quallm.run.opening import open_run
 from quallm.transcripts.model import Transcript
@@ -116,19 +124,7 @@ def _norm_guid(raw: str | None) -> str:
 # ------------------------------------------------------------------------------------------- reading
 
 
-def _local(el: Any) -> str:
-    return etree.QName(el).localname if isinstance(el.tag, str) else ""
-
-
-def _kids(el: Any, name: str) -> Iterator[Any]:
-    """Child elements called ``name``, whatever namespace (or none) the file puts them in."""
-    for child in el:
-        if isinstance(child.tag, str) and _local(child) == name:
-            yield child
-
-
-def _kid(el: Any, name: str) -> Any | None:
-    return next(_kids(el, name), None)
+_local, _kids, _kid = refi.local_name, refi.children, refi.child  # the shared REFI-QDA element helpers
 
 
 def _text(el: Any | None) -> str | None:

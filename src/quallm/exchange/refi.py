@@ -7,7 +7,10 @@ imports the other.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from lxml import etree
 
 # Fixed namespace for quallm's uuid5 GUIDs: the same key always gives the same GUID.
 GUID_NAMESPACE = uuid.UUID("6f1d3c1e-8a52-5b4e-9f0a-2d7c4e9b1a35")
@@ -49,3 +52,21 @@ def pick_qde(names: Sequence[str]) -> str | None:
         if len(group) == 1:
             return group[0]
     return None
+
+
+def local_name(el: Any) -> str:
+    """An element's tag without its namespace ('' for comments and processing instructions)."""
+    return str(etree.QName(el).localname) if isinstance(el.tag, str) else ""
+
+
+def children(el: Any, name: str) -> Iterator[Any]:
+    """Child elements called ``name``, whatever namespace (or none) the file puts them in: tools write
+    urn:QDA-XML:project:1.0, urn:QDA-XML:codebook:1.0, ...:0:4, or none."""
+    for child in el:
+        if isinstance(child.tag, str) and local_name(child) == name:
+            yield child
+
+
+def child(el: Any, name: str) -> Any | None:
+    """The first child element called ``name`` (any namespace), or None."""
+    return next(children(el, name), None)
