@@ -95,7 +95,7 @@ def test_batch_run_equals_a_normal_run(tmp_path: Path, cb: Codebook, strategy: s
     # The yes/no checks of the proposed codings depend on the batch's answers, so they are sent
     # directly afterwards, as scoring requests (one token, logprobs).
     scoring = [b for b in chat if b.get("max_tokens") == 1]
-    assert all(b.get("logprobs") for b in scoring) and (scoring or strategy == "chunk")
+    assert all(b.get("logprobs") for b in scoring)
     chat = [b for b in chat if b.get("max_tokens") != 1]
     direct_units = [b for b in chat if not _is_summary(b)]
     # Only the lines that failed in the batch were asked directly, each once; plus the summaries.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.conftest import SAMPLE, keyword_answer
@@ -23,6 +24,9 @@ from quallm.models.base import ChatRequest
 from quallm.models.fake import FakeModel
 from quallm.rundir import RunDir
 from quallm.runner import run_extraction
+
+# These runs score with the yes/no check (the fake model's scorer) at the former 0.5 threshold.
+YESNO: dict[str, Any] = {"scoring": "yesno", "min_confidence": 0.5}
 
 
 def _scorer(r: ChatRequest) -> dict[str, float]:
@@ -46,7 +50,7 @@ def coded(tmp_path: Path, tiny_codebook_yaml: Path) -> tuple[Path, Path, Path]:
         (src / f"t{i}.txt").write_text(SAMPLE, encoding="utf-8")
     cb = Codebook.load(tiny_codebook_yaml)
     out = tmp_path / "run"
-    opts = ExtractOptions(strategy="turn", summary=False, min_confidence=0.0)
+    opts = ExtractOptions(strategy="turn", summary=False, min_confidence=0.0, scoring="yesno")
     report = run_extraction([src], cb, _model(), out, options=opts, codebook_path=tiny_codebook_yaml)
     assert len(report.done) == 3
     human = tmp_path / "human.csv"
@@ -65,7 +69,7 @@ def test_calibration_applied_to_answered_results_makes_no_model_call(
     assert cal.thresholds()["C_money"] <= 0.2  # the model's 0.2 for money is right: keep those codings
     cb = Codebook.load(tiny_codebook_yaml)
     model = _model()
-    base = ExtractOptions(strategy="turn", summary=False)  # default threshold 0.5 would drop money
+    base = ExtractOptions(strategy="turn", summary=False, **YESNO)  # default threshold 0.5 would drop money
     opts = calibrated_options(base, out / "calibration.json", cb, model)
     report = run_extraction([src], cb, model, out, options=opts, codebook_path=tiny_codebook_yaml,
                             calibration_path=out / "calibration.json")
@@ -98,12 +102,12 @@ def test_a_calibration_for_another_setup_is_refused(coded: tuple[Path, Path, Pat
     other.write_text(json.dumps(body), encoding="utf-8")
     cb = Codebook.load(tiny_codebook_yaml)
     with pytest.raises(ConfigError, match=r"codebook \(calibrated on ffffffffffff.*strategy \(calibrated on chunk"):
-        calibrated_options(ExtractOptions(strategy="turn"), other, cb, _model())
+        calibrated_options(ExtractOptions(strategy="turn", **YESNO), other, cb, _model())
     body["validity"] = json.loads(path.read_text(encoding="utf-8"))["validity"]
     body["validity"]["prompts"]["verify_turn"] = "0" * 64
     other.write_text(json.dumps(body), encoding="utf-8")
     with pytest.raises(ConfigError, match="prompt verify_turn") as err:
-        calibrated_options(ExtractOptions(strategy="turn"), other, cb, _model())
+        calibrated_options(ExtractOptions(strategy="turn", **YESNO), other, cb, _model())
     assert "\n" not in str(err.value)
 
 
@@ -149,7 +153,8 @@ def test_needs_review_reaches_the_report_and_the_qdpx_export(coded: tuple[Path, 
     src, out, human = coded
     calibrate_run(out, [human], min_positives=4, n_boot=0)
     cb = Codebook.load(tiny_codebook_yaml)
-    opts = calibrated_options(ExtractOptions(strategy="turn", summary=False), out / "calibration.json", cb, _model())
+    base = ExtractOptions(strategy="turn", summary=False, **YESNO)
+    opts = calibrated_options(base, out / "calibration.json", cb, _model())
     run_extraction([src], cb, _model(), out, options=opts, codebook_path=tiny_codebook_yaml)
     report, _ = reconcile_run(out, [human], n_boot=0)
     pc = report.probability_calibration

@@ -31,7 +31,7 @@ def test_extract_calibrate_apply_and_refuse(tmp_path: Path, monkeypatch: pytest.
                                                "E04_early_help": ["early help"]})
     out = tmp_path / "run"
     args = ["extract", str(DEMO), "-c", str(DEMO / "codebook.yaml"), "-o", str(out), "-m", "test-model",
-            "--strategy", "turn", "--no-summary", "--max-codes", "3"]
+            "--strategy", "turn", "--no-summary", "--max-codes", "3", "--scoring", "yesno"]
     with OpenAITestServer(lambda body: keyword_answer(body["messages"]), scorer=_scorer) as srv:
         base = [*args, "--base-url", srv.base_url]
         r = runner.invoke(app, [*base, "--min-confidence", "0"])

@@ -200,7 +200,7 @@ def test_verification_probability_splits_codings_from_candidates(sample_txt: Pat
 
     model = keyword_model(scorer=scorer)
     t = load_transcript(sample_txt)
-    yesno = ExtractOptions(strategy="turn", summary=False, scoring="yesno")
+    yesno = ExtractOptions(strategy="turn", summary=False, scoring="yesno", min_confidence=0.5)
     result = extract(t, Codebook.load(tiny_codebook_yaml), model, yesno)
     assert [(c.code_id, c.probability) for c in result.codings] == [("E_help", 0.8)]
     assert [(c.code_id, c.probability) for c in result.candidates] == [("C_money", 0.2)]
@@ -214,5 +214,5 @@ def test_verification_probability_splits_codings_from_candidates(sample_txt: Pat
                   yesno.model_copy(update={"min_confidence": 0.1}))  # fmt: skip
     assert sorted(c.code_id for c in low.codings) == ["C_money", "E_help"] and not low.candidates
     cb = Codebook.load(tiny_codebook_yaml)
-    plain = extract(t, cb, keyword_model(), ExtractOptions(strategy="turn", summary=False))
+    plain = extract(t, cb, keyword_model(), yesno)
     assert len(plain.codings) == 2 and all(c.probability is None for c in plain.codings)
