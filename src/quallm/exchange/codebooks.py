@@ -392,15 +392,7 @@ def codebook_schema_path() -> Path:
 
 def validate_qdc(xml: bytes, schema: str | Path | None = None) -> list[str]:
     """Problems (one line each, empty if valid) of a ``.qdc`` document against the REFI-QDA Codebook XSD."""
-    xsd = etree.XMLSchema(etree.parse(str(schema or codebook_schema_path())))
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
-    try:
-        doc = etree.fromstring(xml, parser=parser)
-    except etree.XMLSyntaxError as exc:
-        return [f"not well-formed XML: {exc}"]
-    if xsd.validate(doc):
-        return []
-    return [f"line {e.line}: {e.message}" for e in xsd.error_log]
+    return refi.validate_xml(xml, schema or codebook_schema_path())
 
 
 def export_codebook(codebook: Codebook, out: str | Path) -> Path:

@@ -826,15 +826,7 @@ def validate_project(qde: bytes | str | Path, schema: str | Path) -> list[str]:
         xml, _, archive = _open_project(Path(qde))
         if archive is not None:
             archive.close()
-    xsd = etree.XMLSchema(etree.parse(str(schema)))
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
-    try:
-        doc = etree.fromstring(xml, parser=parser)
-    except etree.XMLSyntaxError as exc:
-        return [f"not well-formed XML: {exc}"]
-    if xsd.validate(doc):
-        return []
-    return [f"line {e.line}: {e.message}" for e in xsd.error_log]
+    return refi.validate_xml(xml, schema)
 
 
 # ----------------------------------------------------------------------------------------- run export
