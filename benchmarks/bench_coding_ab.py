@@ -62,13 +62,14 @@ def main() -> None:
                 row[side] = run_one(tree, tree / args.set / name, tree / args.set / args.codebook, Path(tmp))
             totals[side] += row[side][0]
 
-        def counts(side: str) -> str:
+        def counts(side: str, row: dict[str, tuple[float, dict[str, object]]] = row) -> str:
             c = row[side][1]
             return f"{c.get('model_calls', '?')}/{c.get('completion_tokens', '?')}"
 
         print(f"{name:28} {row['base'][0]:8.1f} {row['new'][0]:8.1f}  {counts('base'):>20}  {counts('new'):>20}",
               flush=True)
-    print(f"{'total':28} {totals['base']:8.1f} {totals['new']:8.1f}  ratio new/base {totals['new'] / totals['base']:.2f}")
+    ratio = totals["new"] / totals["base"]
+    print(f"{'total':28} {totals['base']:8.1f} {totals['new']:8.1f}  ratio new/base {ratio:.2f}")
 
 
 if __name__ == "__main__":

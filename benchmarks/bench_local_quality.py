@@ -72,6 +72,36 @@ def _score(
     )
 
 
+_STOP = frozenset({
+    "and", "the", "for", "with", "from", "into", "over", "that", "this", "their", "them", "they", "than",
+    "then", "what", "when", "where", "which", "while", "about", "other", "more", "most", "less", "very",
+    "such", "only", "also", "some", "work", "working",
+})
+
+
+def _stems(text: str) -> set[str]:
+    # Five-letter prefixes: "budgets"/"budget", "fostering"/"foster" match; a crude but honest stemmer.
+    return {w[:5] for w in re.findall(r"[a-z]{4,}", text.lower()) if w not in _STOP}
+
+
+def keyword_baseline(transcripts: list[Transcript], codebook: Codebook) -> list[Coding]:
+    """The baseline the issue names: a code on every answer that contains its label's words.
+
+    A code applies to a respondent turn when at least half of its label's content words (4+ letters,
+    not stop words, compared on 5-letter prefixes) occur in the turn. No model, no definitions.
+    """
+    out = []
+    labels = {c.id: _stems(c.label) for c in codebook.codes if c.codable}
+    for t in transcripts:
+        for turn in t.coded_turns():
+            words = _stems(turn.text)
+            for cid, lab in labels.items():
+                if lab and 2 * len(lab & words) >= len(lab):
+                    out.append(Coding(transcript_id=t.id, coder="keywords", code_id=cid, start=turn.start,
+                                      end=turn.end, turn_index=turn.index, alignment="exact"))
+    return out
+
+
 def _prose_shares(results: list[TranscriptResult], codebook: Codebook) -> tuple[float, float, int, int]:
     """(share of points with model prose, share of prose sentences closest to their own code, points, sentences)."""
     from quallm.embeddings import MiniLMEmbedder
@@ -96,7 +126,7 @@ def main() -> None:
     ap.add_argument("--model", default="local")
     ap.add_argument("--model-path", default=None)
     ap.add_argument("--strategy", default="turn", choices=["turn", "chunk"])
-    ap.add_argument("--max-codes", type=int, default=None, help="codes an answer may get (default: the library's)")
+    ap.add_argument("--max-codes", default=None, help="codes an answer may get: N or auto (default: the library's)")
     ap.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                     help="yes/no verification of each proposal (default: the library's)")
     ap.add_argument("--scoring", choices=["tokens", "yesno"], default=None, help="how probabilities are read")
@@ -130,7 +160,7 @@ def main() -> None:
     fields = ExtractOptions.model_fields
     opts: dict[str, Any] = {"strategy": args.strategy, "summary": args.summary}
     if args.max_codes is not None:
-        opts["max_codes_per_unit"] = args.max_codes
+        opts["max_codes_per_unit"] = args.max_codes if args.max_codes == "auto" else int(args.max_codes)
     if args.verify is not None and "verify" in fields:
         opts["verify"] = args.verify
     if args.scoring is not None:
@@ -187,6 +217,13 @@ def main() -> None:
             ci = f"[{_f(s.kappa.ci_low)},{_f(s.kappa.ci_high)}]"
             print(f"  {s.code:24} {_f(s.kappa.value):>6} {ci:>13} {_f(s.precision.value):>6} "
                   f"{_f(s.recall.value):>6} {_f(s.f1.value):>6} {s.marked_a if s.marked_a is not None else '':>5}")
+
+    kw = _score(transcripts, keyword_baseline(transcripts, codebook), human, codes, "keywords", reference, 0)
+    kw_pair = next((x for x in kw.pairs if {"keywords", reference} == {x.coder_a, x.coder_b}), None)
+    if kw_pair is not None:
+        m = kw_pair.micro
+        print(f"\nkeyword baseline (label words in the answer): kappa {_f(m.kappa.value)} "
+              f"P {_f(m.precision.value)} R {_f(m.recall.value)}")
 
     if probs:
         print("\nthreshold sweep (pooled, machine vs reference):  threshold kappa P R codings")

@@ -9,6 +9,7 @@ import pytest
 
 from quallm.codebook import DEFAULT_KINDS, Codebook, Kind, kind_sections, parse_kinds
 from quallm.errors import CodebookError
+from quallm.extract import codes_guidance
 from quallm.prompting import codebook_values, kind_values, load_prompt, render_codebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,8 @@ def _systems(cb: Codebook) -> dict[str, str]:
     v = codebook_values(cb)
     out = {"codebook": text}
     out["code_turn"] = load_prompt("code_turn").render(
-        codebook_name=cb.name, codebook=text, max_codes="2", question="q", speaker="s", answer="a", **v
+        codebook_name=cb.name, codebook=text, how_many=codes_guidance(2, 10)[1], question="q", speaker="s",
+        answer="a", **v,
     )[0]
     out["code_chunk"] = load_prompt("code_chunk").render(
         codebook_name=cb.name, codebook=text, context="", segments="x", **v

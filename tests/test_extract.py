@@ -216,3 +216,18 @@ def test_verification_probability_splits_codings_from_candidates(sample_txt: Pat
     cb = Codebook.load(tiny_codebook_yaml)
     plain = extract(t, cb, keyword_model(), yesno)
     assert len(plain.codings) == 2 and all(c.probability is None for c in plain.codings)
+
+
+def test_max_codes_auto_grows_with_long_answers_only() -> None:
+    from quallm.extract import LONG_ANSWER_WORDS, codes_allowed, codes_guidance
+
+    assert codes_allowed(2, 1000) == 2 and codes_allowed(4, 5) == 4
+    assert [codes_allowed("auto", n) for n in (5, LONG_ANSWER_WORDS, 181, 280, 281, 380, 381, 5000)] == [
+        2, 2, 3, 3, 4, 4, 5, 5,
+    ]
+    # A fixed number and a short answer under "auto" keep the sentence every earlier prompt had.
+    assert codes_guidance(2, 500)[1] == codes_guidance("auto", 100)[1] == (
+        "Most answers get 0 or 1 code, some 2; never more than 2."
+    )
+    n, text = codes_guidance("auto", 300)
+    assert n == 4 and "at most 4" in text and "Most answers" not in text

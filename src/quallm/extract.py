@@ -59,7 +59,9 @@ class ExtractOptions(BaseModel):
     pack: bool = True
     context_tokens: int = 200
     unit_tokens: int = 1200
-    max_codes_per_unit: int = 2
+    # Codes one answer may get: a number, or "auto" (2 up to LONG_ANSWER_WORDS words, one more for
+    # each further 100 words, at most 5; see codes_allowed). Measured in README "Evaluation".
+    max_codes_per_unit: int | Literal["auto"] = 2
     # Each proposed coding is checked by a yes/no question with the code's definition and notes; the
     # probability of "yes" (the model's own token probability) becomes Coding.probability, and codings
     # below min_confidence are kept as candidates instead of reported. See README "Evaluation".
@@ -81,6 +83,34 @@ class ExtractOptions(BaseModel):
     coded_speakers: tuple[str, ...] = ()
     summary: bool = True
     concurrency: int = 1
+
+
+#: Above this many words an answer may get more codes under ``max_codes_per_unit="auto"``. No turn of
+#: the demo (longest 176 words) or of dev-la (88) is longer, so their prompts are unchanged by "auto".
+LONG_ANSWER_WORDS = 180
+_ORDINARY_GUIDANCE = "Most answers get 0 or 1 code, some 2; never more than {n}."
+_LONG_GUIDANCE = "This answer is long: give every code it clearly raises, at most {n}, each with its own sentence."
+
+
+def codes_allowed(setting: int | Literal["auto"], n_words: int) -> int:
+    """How many codes an answer of ``n_words`` words may get under the ``max_codes_per_unit`` setting."""
+    if setting != "auto":
+        return setting
+    if n_words <= LONG_ANSWER_WORDS:
+        return 2
+    return min(5, 3 + (n_words - LONG_ANSWER_WORDS - 1) // 100)
+
+
+def codes_guidance(setting: int | Literal["auto"], n_words: int) -> tuple[int, str]:
+    """The cap for one answer and the prompt's sentence about how many codes to give.
+
+    A fixed number keeps the ordinary sentence, so ``--max-codes N`` renders as it always did; only
+    "auto" on a long answer says that several codes are expected.
+    """
+    n = codes_allowed(setting, n_words)
+    if setting == "auto" and n_words > LONG_ANSWER_WORDS:
+        return n, _LONG_GUIDANCE.format(n=n)
+    return n, _ORDINARY_GUIDANCE.format(n=n)
 
 
 def resolve_strategy(options: ExtractOptions, model: ChatModel) -> Literal["turn", "chunk"]:
@@ -222,7 +252,7 @@ class Extractor:
             "codebook_name": self.codebook.name,
             "codebook": self._codebook_text,
             **self._kind_values,
-            "max_codes": str(self.options.max_codes_per_unit),
+            "how_many": codes_guidance(self.options.max_codes_per_unit, len(seg.text.split()))[1],
             "question": fence(_preceding_question(transcript, seg.turn_index)),
             "speaker": fence(seg.speaker),
             "answer": numbered,
@@ -231,7 +261,8 @@ class Extractor:
     def turn_request(self, transcript: Transcript, seg: Segment) -> ChatRequest:
         """The per-unit request for one coded segment, its sentences numbered."""
         n_sentences = len(sentence_spans(seg.text, seg.start))
-        schema = turn_schema(self.codebook.ids, self.options.max_codes_per_unit, n_sentences)
+        cap = codes_allowed(self.options.max_codes_per_unit, len(seg.text.split()))
+        schema = turn_schema(self.codebook.ids, cap, n_sentences)
         req = self._request(self._turn_prompt, schema, "turn_codes", **self._turn_values(transcript, seg))
         return req.model_copy(update={"logprobs": self._wants_token_probs})
 
@@ -362,6 +393,7 @@ class Extractor:
         """Classify one unit; each code's evidence is the numbered sentence the model chose."""
         valid = set(self.codebook.ids)
         sentences = sentence_spans(seg.text, seg.start)
+        cap = codes_allowed(self.options.max_codes_per_unit, len(seg.text.split()))
 
         def check(ans: TurnAnswer) -> list[str]:
             errs = []
@@ -370,8 +402,8 @@ class Extractor:
                     errs.append(f"codes[{i}].code_id {c.code_id!r} is not in the codebook")
                 if not 1 <= c.sentence <= len(sentences):
                     errs.append(f"codes[{i}].sentence {c.sentence} does not exist (sentences are 1..{len(sentences)})")
-            if len(ans.codes) > self.options.max_codes_per_unit:
-                errs.append(f"give at most {self.options.max_codes_per_unit} codes")
+            if len(ans.codes) > cap:
+                errs.append(f"give at most {cap} codes")
             return errs
 
         ans, completion, attempts, usage = ask(

@@ -17,6 +17,9 @@ from quallm.codebook import DEFAULT_KINDS, Code, Codebook, Kind
 from quallm.errors import ConfigError
 from quallm.models.base import ChatModel, ChatRequest, Message
 
+# Placeholders that replaced fixed text, at that text, for the template hash (see PromptTemplate.hash).
+_LATER_PLACEHOLDERS = {"how_many": "Most answers get 0 or 1 code, some 2; never more than $max_codes."}
+
 
 @dataclass(frozen=True)
 class PromptTemplate:
@@ -30,12 +33,13 @@ class PromptTemplate:
     def hash(self) -> str:
         """sha256 of both template files (first 16 hex digits), category placeholders at their defaults.
 
-        Filling the defaults first keeps the hash of a template whose category words (``challenge or
+        The same for ``$how_many`` (the per-turn sentence on how many codes, once a fixed text with
+        ``$max_codes``). Filling the defaults first keeps the hash of a template whose category words (``challenge or
         enabler``) became placeholders what it was, so caches and recordings made before stay valid;
         the rendered messages, which do change with the categories, are part of every request's key.
         """
-        system = Template(self.system).safe_substitute(_KIND_DEFAULTS)
-        user = Template(self.user).safe_substitute(_KIND_DEFAULTS)
+        system = Template(self.system).safe_substitute(_HASH_DEFAULTS)
+        user = Template(self.user).safe_substitute(_HASH_DEFAULTS)
         return hashlib.sha256((system + "\x00" + user).encode()).hexdigest()[:16]
 
     def request(
@@ -133,6 +137,7 @@ def kind_values(kinds: tuple[Kind, ...] | list[Kind]) -> dict[str, str]:
 
 
 _KIND_DEFAULTS = kind_values(DEFAULT_KINDS)
+_HASH_DEFAULTS = {**_KIND_DEFAULTS, **_LATER_PLACEHOLDERS}
 
 
 def codebook_values(codebook: Codebook) -> dict[str, str]:

@@ -169,6 +169,19 @@ def _interruptible() -> Iterator[tuple[Progress, dict[str, bool]]]:
         signal.signal(signal.SIGINT, old)
 
 
+def _max_codes(value: str) -> int | str:
+    """``--max-codes``: a positive number or ``auto``."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        _fail(f"--max-codes {value!r}: give a number of at least 1, or 'auto'")
+    return n
+
+
 def _price_of(model_name: str) -> Any:
     """The shipped price of a remote model, or None (then the progress bar shows tokens only)."""
     from quallm.estimate import load_prices
@@ -243,8 +256,12 @@ def extract(
     concurrency: ConcurrencyOpt = 4,
     summary: Annotated[bool, typer.Option("--summary/--no-summary", help="Write a per-transcript summary.")] = True,
     max_codes: Annotated[
-        int | None,
-        typer.Option("--max-codes", min=1, help="Turn strategy: codes one answer may get (default: see README)."),
+        str | None,
+        typer.Option(
+            "--max-codes",
+            help="Turn strategy: codes one answer may get, a number or 'auto' (2 up to 180 words, one more per "
+            "further 100 words, at most 5). Default: see README 'Evaluation'.",
+        ),
     ] = None,
     verify: Annotated[
         bool,
@@ -329,7 +346,7 @@ def extract(
         )
         tuned: dict[str, Any] = {}
         if max_codes is not None:
-            tuned["max_codes_per_unit"] = max_codes
+            tuned["max_codes_per_unit"] = _max_codes(max_codes)
         if min_confidence is not None:
             tuned["min_confidence"] = min_confidence
         options = options.model_copy(update=tuned)
