@@ -75,7 +75,7 @@ def summarise(
         summary_schema(present),
         "summary",
         temperature=options.temperature,
-        max_tokens=100 + 80 * len(present),  # 180 characters a sentence: about 45 tokens, and the key
+        max_tokens=100 + 60 * len(present),  # SUMMARY_SENTENCE_CHARS a sentence: about 30 tokens, and the key
         seed=options.seed,
         transcript_id=fence(transcript.id),
         metadata=fence(f"({meta})") if meta else "",
