@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from quallm.cli import app
-from quallm.codebook import Codebook
 from quallm.errors import ConfigError, InputError
 from quallm.exchange import archive as archive_mod
 from quallm.exchange.archive import MIB, ArchiveError, ArchiveLimitError, ArchiveLimits, SafeArchive
+from quallm.exchange.codebooks import load_codebook
 from quallm.exchange.qdpx import read_qdpx
 from quallm.transcripts import load_transcript
 
@@ -48,7 +48,7 @@ def test_qdpx_never_reads_local_files(tmp_path: Path) -> None:
     transcripts = [load_transcript(t_path)]
     cb_path = tmp_path / "cb.yaml"
     cb_path.write_text(CODEBOOK, encoding="utf-8")
-    codebook = Codebook.load(cb_path)
+    codebook = load_codebook(cb_path)
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / "project.qde").write_text(qde, encoding="utf-8")

@@ -17,6 +17,7 @@ from quallm.exchange.codebooks import (
     build_qdc,
     describe_code,
     export_codebook,
+    load_codebook,
     parse_description,
     to_csv,
     validate_qdc,
@@ -89,7 +90,7 @@ def test_qdc_export_validates_and_reads_back(tmp_path: Path) -> None:
     help_el = root.find("c:Codes/c:Code[@name='Early help']", ns)
     assert help_el is not None and help_el.get("guid") == "0b3ac0c6-61f1-4f4b-8e2a-3d3f8f7a1a11"
     out = export_codebook(cb, tmp_path / "tree.qdc")
-    back = Codebook.load(out)
+    back = load_codebook(out)
     assert [(c.id, c.parent, c.kind, c.codable) for c in back.codes] == [
         (c.id, c.parent, c.kind, c.codable) for c in cb.codes
     ]
@@ -105,8 +106,8 @@ def test_demo_codebook_exports_to_valid_qdc_via_cli(tmp_path: Path) -> None:
     r = runner.invoke(app, ["codebook", "export", str(DEMO), str(out)])
     assert r.exit_code == 0, r.output
     assert validate_qdc(out.read_bytes(), XSD) == []
-    back = Codebook.load(out)
-    demo = Codebook.load(DEMO)
+    back = load_codebook(out)
+    demo = load_codebook(DEMO)
     assert back.ids == demo.ids and back.is_default_kinds
     assert [(c.label, c.definition, c.include, c.exclude, c.examples, c.kind) for c in back.codes] == [
         (c.label, c.definition.strip(), c.include, c.exclude, c.examples, c.kind) for c in demo.codes
@@ -131,7 +132,7 @@ OTHER_TOOL = """<?xml version="1.0" encoding="utf-8"?>
 def test_qdc_from_another_tool_and_namespace(tmp_path: Path) -> None:
     p = tmp_path / "atlas.qdc"
     p.write_text(OTHER_TOOL, encoding="utf-8")
-    cb = Codebook.load(p)
+    cb = load_codebook(p)
     assert cb.all_ids == ["Wellbeing", "Sleep", "Sleep_2", "Negociation_des_roles"]
     assert cb.get("Sleep").parent == "Wellbeing" and cb.get("Sleep_2").parent == "Wellbeing"  # type: ignore[union-attr]
     assert cb.get("Wellbeing").color == "#00AA00" and not cb.get("Wellbeing").codable  # type: ignore[union-attr]
@@ -155,11 +156,11 @@ def test_codebook_inside_a_qdpx_with_any_qde_name(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("My Study.qde", _project(codes))  # ATLAS.ti names the .qde after the project
         zf.writestr("sources/x.txt", "not read")
-    cb = Codebook.load(archive)
+    cb = load_codebook(archive)
     assert cb.name == "Study" and cb.all_ids[:2] == ["Wellbeing", "Sleep"]
     bare = tmp_path / "project.qde"
     bare.write_text(_project(codes), encoding="utf-8")
-    assert Codebook.load(bare).all_ids == cb.all_ids
+    assert load_codebook(bare).all_ids == cb.all_ids
 
 
 def test_quallm_qdpx_export_nests_codes_and_reads_back(tmp_path: Path) -> None:
@@ -170,13 +171,13 @@ def test_quallm_qdpx_export_nests_codes_and_reads_back(tmp_path: Path) -> None:
     assert validate_project(xml, ROOT / "tests" / "data" / "refi" / "Project.xsd") == []
     p = tmp_path / "project.qde"
     p.write_bytes(xml)
-    back = Codebook.load(p)
+    back = load_codebook(p)
     assert [(c.id, c.parent) for c in back.codes] == [(c.id, c.parent) for c in cb.codes]
     # a flat default codebook sits in Challenges / Enablers folders, which are not read back as codes
-    demo = Codebook.load(DEMO)
+    demo = load_codebook(DEMO)
     xml, _, _ = build_project([], demo, [])
     p.write_bytes(xml)
-    assert Codebook.load(p).all_ids == demo.ids
+    assert load_codebook(p).all_ids == demo.ids
 
 
 CSV = """id,label,definition,kind,parent,include,exclude,examples
@@ -189,13 +190,13 @@ help,Early help,Support before crisis.,facilitator,,,,
 def test_csv_codebook(tmp_path: Path) -> None:
     p = tmp_path / "cb.csv"
     p.write_text(CSV, encoding="utf-8")
-    cb = Codebook.load(p)
+    cb = load_codebook(p)
     assert cb.get("poverty").include == ("benefit cuts", "food banks")  # type: ignore[union-attr]
     assert cb.get("poverty").kind == "barrier" and cb.get("poverty").parent == "family"  # type: ignore[union-attr]
     assert [k.name for k in cb.categories] == ["barrier", "facilitator"]
     again = tmp_path / "again.csv"
     again.write_text(to_csv(cb), encoding="utf-8")
-    assert Codebook.load(again).codes == cb.codes
+    assert load_codebook(again).codes == cb.codes
 
 
 @pytest.mark.parametrize(
@@ -225,10 +226,10 @@ def test_format_load_errors_name_the_file(tmp_path: Path, name: str, content: st
     p = tmp_path / name
     p.write_text(content, encoding="utf-8")
     if needle is None:  # a kind only a .qdc names is declared by the import, not an error
-        assert [k.name for k in Codebook.load(p).categories] == ["barrier"]
+        assert [k.name for k in load_codebook(p).categories] == ["barrier"]
         return
     with pytest.raises(CodebookError) as ei:
-        Codebook.load(p)
+        load_codebook(p)
     assert needle in str(ei.value) and str(p) in str(ei.value)
 
 
@@ -237,7 +238,7 @@ def test_zip_without_qde(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("readme.txt", "x")
     with pytest.raises(CodebookError, match=r"no \.qde project file"):
-        Codebook.load(archive)
+        load_codebook(archive)
 
 
 class _Fixed:
@@ -292,7 +293,7 @@ def test_check_with_minilm_finds_a_paraphrase() -> None:
     )
     report = check_codebook(cb, embedder=MiniLMEmbedder())
     assert [(a, b) for a, b, _ in report.near_duplicates] == [("A", "B")]
-    demo = check_codebook(Codebook.load(DEMO), embedder=MiniLMEmbedder())
+    demo = check_codebook(load_codebook(DEMO), embedder=MiniLMEmbedder())
     assert demo.near_duplicates == []
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from quallm.codebook import DEFAULT_KINDS, Codebook, Kind, kind_sections, parse_kinds
 from quallm.errors import CodebookError
+from quallm.exchange.codebooks import load_codebook
 from quallm.prompting import codebook_values, kind_values, load_prompt, render_codebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def test_default_codebooks_render_as_before(name: str) -> None:
     path = DEMO if name == "demo" else DEV_LA
     if not path.is_file():
         pytest.skip(f"{path} is not on this machine")
-    cb = Codebook.load(path)
+    cb = load_codebook(path)
     got = {k: _sha(v) for k, v in _systems(cb).items()}
     got["hash"] = cb.hash
     assert got == PINNED[name]
@@ -173,7 +174,7 @@ def test_load_errors_name_the_code(tmp_path: Path, data: dict[str, object], need
     p = tmp_path / "cb.yaml"
     p.write_text(yaml.safe_dump(data), encoding="utf-8")
     with pytest.raises(CodebookError) as ei:
-        Codebook.load(p)
+        load_codebook(p)
     assert needle in str(ei.value) and str(p) in str(ei.value)
 
 

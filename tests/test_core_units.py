@@ -10,6 +10,7 @@ from quallm.chunking import chunk_transcript
 from quallm.codebook import Codebook
 from quallm.core.spans import align_quote, sentence_spans
 from quallm.errors import CodebookError
+from quallm.exchange.codebooks import load_codebook
 from quallm.prompting import kind_values, load_prompt
 from quallm.tokenizers import CallableTokenizer, TiktokenTokenizer, encoding_for_model
 from quallm.transcripts import load_transcript
@@ -20,7 +21,7 @@ def words() -> CallableTokenizer:
 
 
 def test_codebook_loads_and_hashes(tiny_codebook_yaml: Path) -> None:
-    cb = Codebook.load(tiny_codebook_yaml)
+    cb = load_codebook(tiny_codebook_yaml)
     assert cb.ids == ["C_money", "E_help"] and len(cb.hash) == 64
     again = Codebook.from_data(__import__("yaml").safe_load(cb.to_yaml()))
     assert again == cb
@@ -45,7 +46,7 @@ def test_codebook_errors_point_at_entry(tmp_path: Path, yaml_text: str, needle: 
     p = tmp_path / "cb.yaml"
     p.write_text(yaml_text, encoding="utf-8")
     with pytest.raises(CodebookError) as ei:
-        Codebook.load(p)
+        load_codebook(p)
     assert needle in str(ei.value) and str(p) in str(ei.value)
 
 

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from quallm.cache import CachedModel, ResponseCache
 from quallm.cli import app
-from quallm.codebook import Codebook
 from quallm.discovery import DiscoverOptions, run_discovery
 from quallm.errors import CodebookError, InputError, RunLockedError
+from quallm.exchange.codebooks import load_codebook
 from quallm.extract import ExtractOptions
 from quallm.models.base import ChatRequest, Completion, Message
 from quallm.models.fake import FakeModel
@@ -68,7 +68,7 @@ def test_deeply_nested_json_is_one_line_and_the_rest_is_coded(tmp_path: Path, ti
     folder = tmp_path / "in"
     _sample(folder)
     (folder / "deep.json").write_text("[" * 200_000 + "]" * 200_000, encoding="utf-8")
-    report = run_extraction([folder], Codebook.load(tiny_codebook_yaml), _coder(), tmp_path / "run")
+    report = run_extraction([folder], load_codebook(tiny_codebook_yaml), _coder(), tmp_path / "run")
     assert len(report.errors) == 1 and "deep.json" in report.errors[0] and "nested too deeply" in report.errors[0]
     assert report.done == ["la_sample"]
     assert (tmp_path / "run" / "results" / "la_sample.json").is_file()
@@ -87,7 +87,7 @@ def test_any_unexpected_error_reading_one_file_is_that_files_line(
     folder = tmp_path / "in"
     _sample(folder)
     (folder / "odd.json").write_text('[{"speaker": "A", "text": "hi"}]', encoding="utf-8")
-    report = run_extraction([folder], Codebook.load(tiny_codebook_yaml), _coder(), tmp_path / "run")
+    report = run_extraction([folder], load_codebook(tiny_codebook_yaml), _coder(), tmp_path / "run")
     assert len(report.errors) == 1 and "odd.json" in report.errors[0] and "KeyError" in report.errors[0]
     assert report.done == ["la_sample"]
 
@@ -100,7 +100,7 @@ def test_two_files_with_one_id_are_both_refused_in_one_line(tmp_path: Path, tiny
     _sample(folder, "a.txt")
     shutil.copy(ROOT / "fixtures" / "demo" / "la03_westmoor.vtt", folder / "a.vtt")
     _sample(folder, "b.txt")
-    report = run_extraction([folder], Codebook.load(tiny_codebook_yaml), _coder(), tmp_path / "run")
+    report = run_extraction([folder], load_codebook(tiny_codebook_yaml), _coder(), tmp_path / "run")
     assert len(report.errors) == 1
     assert str(folder / "a.txt") in report.errors[0] and str(folder / "a.vtt") in report.errors[0]
     assert report.done == ["b"]
@@ -139,7 +139,7 @@ def test_links_out_of_the_folder_are_skipped_unless_followed(tmp_path: Path, tin
     assert len(got.warnings) == 1 and "p.txt" in got.warnings[0] and "--follow-symlinks" in got.warnings[0]
 
     model = _coder(endpoint="api.example.com")
-    report = run_extraction([folder], Codebook.load(tiny_codebook_yaml), model, tmp_path / "run")
+    report = run_extraction([folder], load_codebook(tiny_codebook_yaml), model, tmp_path / "run")
     assert any("p.txt" in w for w in report.warnings)
     assert model.requests and not any("SECRET" in m.content for r in model.requests for m in r.messages)
 
@@ -168,7 +168,7 @@ def test_follow_symlinks_option_on_every_command_that_gathers_transcripts() -> N
 
 
 def test_cp1252_codebook_is_decoded_like_a_transcript() -> None:
-    cb = Codebook.load(HOSTILE / "codebook_cp1252.yaml")
+    cb = load_codebook(HOSTILE / "codebook_cp1252.yaml")
     assert cb.name == "Café study" and cb.codes[0].label == "Funding – the café budget"
 
 
@@ -176,7 +176,7 @@ def test_deeply_nested_yaml_codebook_is_a_message(tmp_path: Path) -> None:
     p = tmp_path / "deep.yaml"
     p.write_text("[" * 100_000, encoding="utf-8")
     with pytest.raises(CodebookError, match="nested too deeply"):
-        Codebook.load(p)
+        load_codebook(p)
     r = runner.invoke(app, ["estimate", str(HOSTILE / "interviewer_only.txt"), "-c", str(p)])
     assert r.exit_code == 2 and "deep.yaml" in r.output and "Traceback" not in r.output
 
@@ -325,7 +325,7 @@ def test_vtt_with_broken_timestamps_says_what_is_wrong() -> None:
 
 def test_interviewer_only_transcript_is_warned_about(tmp_path: Path, tiny_codebook_yaml: Path) -> None:
     src = HOSTILE / "interviewer_only.txt"
-    report = run_extraction([src], Codebook.load(tiny_codebook_yaml), _coder(), tmp_path / "run")
+    report = run_extraction([src], load_codebook(tiny_codebook_yaml), _coder(), tmp_path / "run")
     assert any("only the interviewer speaks" in w and "interviewer_only.txt" in w for w in report.warnings)
 
 
@@ -356,7 +356,7 @@ def test_a_second_process_on_one_run_directory_is_refused(tmp_path: Path, tiny_c
     try:
         model = _coder()
         with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
-            run_extraction([folder], Codebook.load(tiny_codebook_yaml), model, out)
+            run_extraction([folder], load_codebook(tiny_codebook_yaml), model, out)
         assert model.requests == []
         with pytest.raises(RunLockedError):
             run_discovery([folder], FakeModel(), out, _WordEmbedder())
@@ -368,7 +368,7 @@ def test_a_second_process_on_one_run_directory_is_refused(tmp_path: Path, tiny_c
     finally:
         holder.send_signal(signal.SIGKILL)  # a killed holder releases the lock
         holder.wait()
-    report = run_extraction([folder], Codebook.load(tiny_codebook_yaml), _coder(), out)
+    report = run_extraction([folder], load_codebook(tiny_codebook_yaml), _coder(), out)
     assert report.done == ["la_sample"]
 
 
@@ -385,7 +385,7 @@ def test_packed_results_never_report_negative_reasks(tmp_path: Path, tiny_codebo
         _sample(folder, f"{name}.txt")
     model = _coder(endpoint="api.example.com")
     opts = ExtractOptions(strategy="chunk", pack=True)
-    run_extraction([folder], Codebook.load(tiny_codebook_yaml), model, tmp_path / "run", options=opts)
+    run_extraction([folder], load_codebook(tiny_codebook_yaml), model, tmp_path / "run", options=opts)
     results = [json.loads(p.read_text()) for p in sorted((tmp_path / "run" / "results").glob("*.json"))]
     assert len(results) == 3 and any(r["packed_with"] for r in results)
     assert all(r["reasks"] == 0 for r in results), [r["reasks"] for r in results]
@@ -398,7 +398,7 @@ def test_files_over_the_size_limit_are_refused_before_reading(tmp_path: Path, ti
     big.write_text(("Respondent: " + "budget words " * 40 + "\n\n") * 3000, encoding="utf-8")  # ~1.6 MB
     report = run_extraction(
         [folder],
-        Codebook.load(tiny_codebook_yaml),
+        load_codebook(tiny_codebook_yaml),
         _coder(),
         tmp_path / "run",
         input_options=InputOptions(max_file_mb=1),

@@ -13,6 +13,7 @@ from quallm.agreement import read_human_csv
 from quallm.codebook import Codebook
 from quallm.codings import Coding
 from quallm.errors import InputError
+from quallm.exchange.codebooks import load_codebook
 from quallm.exchange.qdpx import (
     NAMESPACE,
     build_project,
@@ -83,7 +84,7 @@ def fragment_coding(t: Transcript, coder: str, code: str, fragment: str, **kw: o
 def codebook(tmp_path: Path) -> Codebook:
     p = tmp_path / "codebook.yaml"
     p.write_text(CODEBOOK, encoding="utf-8")
-    return Codebook.load(p)
+    return load_codebook(p)
 
 
 @pytest.fixture
@@ -462,7 +463,7 @@ def test_bad_input_raises_input_error_naming_the_file(tmp_path: Path) -> None:
 def test_demo_fixtures_round_trip(tmp_path: Path, demo_dir: Path) -> None:
     files = sorted(p for p in demo_dir.iterdir() if p.suffix in (".txt", ".vtt", ".docx"))
     transcripts = [load_transcript(p) for p in files]
-    codebook = Codebook.load(demo_dir / "codebook.yaml")
+    codebook = load_codebook(demo_dir / "codebook.yaml")
     human, problems = read_human_csv(demo_dir / "human_coding.csv", transcripts, codebook.ids)
     assert problems == [] and {c.coder for c in human} == {"coder_a", "coder_b"}
     out = tmp_path / "demo.qdpx"

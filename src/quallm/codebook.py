@@ -7,7 +7,7 @@ which is the behaviour quallm had before categories were configurable; one whose
 all has no categories. A code with a ``parent`` and no kind of its own takes its parent's.
 
 Formats: YAML or JSON (this module), CSV, REFI-QDA ``.qdc`` and the codebook inside a ``.qdpx`` /
-``.qde`` (``quallm.exchange.codebooks``); :meth:`Codebook.load` picks by extension.
+``.qde`` (``quallm.exchange.codebooks``); ``load_codebook`` there picks by extension.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from quallm.errors import CodebookError, InputError
 
 DEFAULT_KIND_NAMES = ("challenge", "enabler")
+# Codebook formats other than YAML/JSON, read by ``load_codebook`` in ingest.
+OTHER_FORMATS = (".csv", ".qdc", ".qdpx", ".qde")
 # Fields added after codebooks were hashed in run manifests: left out of the hash while at their
 # defaults, so a codebook that uses none of them keeps its hash (and finished runs still resume).
 _NEW_CODE_DEFAULTS: dict[str, Any] = {"parent": None, "codable": True, "guid": None, "color": None}
@@ -253,7 +255,7 @@ class Codebook(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> Codebook:
-        """Load and validate a codebook: YAML or JSON, CSV, REFI-QDA ``.qdc``, or the one in a ``.qdpx``/``.qde``.
+        """Load and validate a YAML or JSON codebook (every format: ``load_codebook`` in ingest).
 
         Errors name the file and the bad entry.
         """
@@ -261,10 +263,9 @@ class Codebook(BaseModel):
 
         p = Path(path)
         suffix = p.suffix.lower()
-        if suffix in (".csv", ".qdc", ".qdpx", ".qde"):
-            from quallm.exchange import codebooks
-
-            return codebooks.load_other(p)
+        if suffix in OTHER_FORMATS:
+            # the readers of these live in ingest (they build Codebooks, so the core cannot call them)
+            raise CodebookError(f"{p}: a {suffix} codebook is read by quallm.load_codebook, not Codebook.load")
         try:
             text, _ = read_text(p)
         except InputError as exc:

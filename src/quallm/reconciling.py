@@ -19,6 +19,7 @@ from quallm.agreement.units import UnitKind
 from quallm.codebook import Codebook
 from quallm.codings import Coding
 from quallm.errors import ConfigError, InputError, QuallmError
+from quallm.exchange.codebooks import load_codebook
 from quallm.run.opening import open_run
 from quallm.rundir import atomic_write_text
 from quallm.transcripts import InputOptions, gather_inputs, load_transcript
@@ -43,7 +44,7 @@ def load_run(run_dir: str | Path) -> RunInputs:
     results = run.results
     transcripts = run.transcripts()
     cb_path = run.codebook_path()
-    codebook = Codebook.load(cb_path) if cb_path else None
+    codebook = load_codebook(cb_path) if cb_path else None
     codings = [c for r in results for c in r.codings]
     candidates = [c for r in results for c in r.candidates]
     coverage: dict[str, set[str]] = {}
@@ -201,7 +202,7 @@ def reconcile_files(
             loaded.append(load_transcript(p))
         except QuallmError as exc:
             problems.append(str(exc))
-    codebook = Codebook.load(codebook_path) if codebook_path else None
+    codebook = load_codebook(codebook_path) if codebook_path else None
     codings: list[Coding] = []
     for f in coding_files:
         got, probs = load_coding_file(f, loaded, codebook)

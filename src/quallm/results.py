@@ -8,7 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quallm.codings import Coding
 from quallm.errors import describe
-from quallm.models.base import Usage
+
+
+class Usage(BaseModel):
+    """Token counts of one completion."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class Quote(BaseModel):

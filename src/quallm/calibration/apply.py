@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from quallm.calibration.model import Calibration, Validity
 from quallm.codings import Coding
-from quallm.errors import ConfigError
 from quallm.results import TranscriptResult
 
 
@@ -65,11 +63,3 @@ def repartition(
         "warnings": warnings,
         **({"fingerprint": fingerprint} if fingerprint else {}),
     })
-
-
-def check_applicable(cal: Calibration, here: Validity, path: str = "calibration") -> None:
-    """Refuse (one line, saying what differs) a calibration made for another codebook, model, prompt
-    or strategy."""
-    diff = cal.validity.differences(here)
-    if diff:
-        raise ConfigError(f"{path}: made for another setup, so it does not apply here: {'; '.join(diff)}")

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quallm.agreement.reconcile import Estimate
 from quallm.calibration.maths import Verdict
-from quallm.errors import InputError
+from quallm.errors import ConfigError, InputError
 from quallm.hashing import sha256_file
 
 #: The prompts whose wording moves the probabilities (the summary's does not).
@@ -134,3 +134,11 @@ def read_calibration(path: str | Path) -> tuple[Calibration, str]:
         where = ".".join(str(x) for x in err["loc"]) or "(file)"
         raise InputError(p, f"not a quallm calibration file ({where}: {err['msg']})") from exc
     return cal, sha256_file(p)
+
+
+def check_applicable(cal: Calibration, here: Validity, path: str = "calibration") -> None:
+    """Refuse (one line, saying what differs) a calibration made for another codebook, model, prompt
+    or strategy."""
+    diff = cal.validity.differences(here)
+    if diff:
+        raise ConfigError(f"{path}: made for another setup, so it does not apply here: {'; '.join(diff)}")

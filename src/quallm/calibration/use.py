@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quallm.calibration.apply import check_applicable
-from quallm.calibration.model import PROMPTS_THAT_SCORE, Validity, read_calibration
+from quallm.calibration.model import PROMPTS_THAT_SCORE, Validity, check_applicable, read_calibration
 from quallm.codebook import Codebook
 from quallm.extract import ExtractOptions, resolve_strategy
 from quallm.models.base import ChatModel

@@ -301,7 +301,7 @@ def extract(
 
     Writes RUN_DIR/manifest.json, results/<transcript_id>.json, codings.csv, summaries.md and log.jsonl.
     """
-    from quallm.codebook import Codebook
+    from quallm.exchange.codebooks import load_codebook
     from quallm.extract import ExtractOptions
     from quallm.runner import run_extraction
 
@@ -310,7 +310,7 @@ def extract(
     if strategy not in ("auto", "turn", "chunk"):
         _fail(f"--strategy must be auto, turn or chunk, not {strategy!r}")
     try:
-        cb = Codebook.load(codebook)
+        cb = load_codebook(codebook)
         built = _build(
             model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache, rpm, tpm
         )
@@ -457,15 +457,15 @@ def estimate(
     max_file_mb: MaxFileOpt = DEFAULT_MAX_FILE_MB,
 ) -> None:
     """Chunks, prompt and expected completion tokens, and cost of a job, without calling any model."""
-    from quallm.codebook import Codebook
     from quallm.estimate import estimate as do_estimate
+    from quallm.exchange.codebooks import load_codebook
     from quallm.extract import ExtractOptions
     from quallm.transcripts import Transcript, gather_inputs, load_transcripts
 
     if strategy not in ("turn", "chunk"):
         _fail(f"--strategy must be turn or chunk, not {strategy!r}")
     try:
-        cb = Codebook.load(codebook)
+        cb = load_codebook(codebook)
         loaded = []
         inputs = _input_options(follow_symlinks, max_file_mb)
         for w in gather_inputs(transcripts, inputs).warnings:
@@ -521,12 +521,12 @@ def codebook_check(
     """Check a codebook before spending tokens: near-duplicate definitions, empty definitions, notes naming
     codes that do not exist, and the size of the rendered codebook in tokens. Exit code 1 when it warns.
     """
-    from quallm.codebook import Codebook
     from quallm.codebook_check import check_codebook
+    from quallm.exchange.codebooks import load_codebook
     from quallm.tokenizers import encoding_for_model, tokenizer_for_model
 
     try:
-        cb = Codebook.load(file)
+        cb = load_codebook(file)
     except QuallmError as exc:
         _fail(str(exc))
         return
@@ -559,11 +559,10 @@ def codebook_export(
     out: Annotated[Path, typer.Argument(help="Where to write: .qdc (REFI-QDA, validated), .csv or .yaml.")],
 ) -> None:
     """Write a codebook as a REFI-QDA .qdc (checked against the Codebook XSD), CSV or YAML."""
-    from quallm.codebook import Codebook
-    from quallm.exchange.codebooks import export_codebook
+    from quallm.exchange.codebooks import export_codebook, load_codebook
 
     try:
-        written = export_codebook(Codebook.load(file), out)
+        written = export_codebook(load_codebook(file), out)
     except QuallmError as exc:
         _fail(str(exc))
         return
@@ -860,9 +859,9 @@ CodebookOpt = Annotated[
 
 
 def _codebook_or_none(path: Path | None) -> Any:
-    from quallm.codebook import Codebook
+    from quallm.exchange.codebooks import load_codebook
 
-    return Codebook.load(path) if path else None
+    return load_codebook(path) if path else None
 
 
 @app.command()

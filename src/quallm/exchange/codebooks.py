@@ -38,7 +38,7 @@ from typing import Any
 from lxml import etree
 
 from quallm import __version__
-from quallm.codebook import DEFAULT_KIND_NAMES, Code, Codebook
+from quallm.codebook import DEFAULT_KIND_NAMES, OTHER_FORMATS, Code, Codebook
 from quallm.errors import CodebookError, InputError
 from quallm.exchange import refi
 from quallm.exchange.archive import is_zip
@@ -63,6 +63,15 @@ _META = re.compile(r"^(?P<key>Include|Exclude|Examples?|quallm code id):[ \t]?(?
 _ID_LINE = re.compile(r"^(?P<id>\S+)(?: \((?P<kind>[^()]+)\))?\s*$")
 _COLOR = re.compile(r"^#(?:[0-9A-Fa-f]{6}|[0-9A-Fa-f]{3})$")
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def load_codebook(path: str | Path) -> Codebook:
+    """Load and validate a codebook: YAML or JSON, CSV, REFI-QDA ``.qdc``, or the one in a ``.qdpx``/``.qde``
+    (picked by extension). Errors name the file and the bad entry."""
+    p = Path(path)
+    if p.suffix.lower() in OTHER_FORMATS:
+        return load_other(p)
+    return Codebook.load(p)
 
 
 def load_other(path: Path) -> Codebook:

@@ -14,6 +14,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Usage is a shared value (results carry it), so it lives in the core; re-exported here for backends.
+from quallm.results import Usage
+
 
 class OutputMode(str, Enum):
     """How a backend is asked for structured output."""
@@ -73,15 +76,6 @@ class ChatRequest(BaseModel):
     def with_messages(self, messages: tuple[Message, ...]) -> ChatRequest:
         """A copy with other messages (re-asks never mutate the caller's request)."""
         return self.model_copy(update={"messages": messages})
-
-
-class Usage(BaseModel):
-    """Token counts of one completion."""
-
-    model_config = ConfigDict(frozen=True)
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class TokenLogprob(BaseModel):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from quallm.codebook import Codebook
 from quallm.errors import ConfigError, InputError
+from quallm.exchange.codebooks import load_codebook
 from quallm.hashing import sha256_file
 from quallm.results import TranscriptResult
 from quallm.run.manifest import Manifest
@@ -118,7 +119,7 @@ class OpenRun:
                     f"{self.path}: the run's codebook file {raw!r} was not found (as given, nor from the run "
                     "directory or a folder above it); pass the codebook explicitly (--codebook)"
                 )
-            given = Codebook.load(path)
+            given = load_codebook(path)
         if info and info.hash and info.hash != given.hash:
             notes.append(
                 "The codebook given differs from the one the run used (hash mismatch): labels may have changed."
