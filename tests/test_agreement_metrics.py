@@ -9,7 +9,7 @@ import krippendorff
 import numpy as np
 import pytest
 
-from quallm.agreement.metrics import (
+from quallm.analysis.agreement.metrics import (
     AgreementInputError,
     Level,
     cohen_kappa,
@@ -19,7 +19,7 @@ from quallm.agreement.metrics import (
     percent_agreement,
     precision_recall_f1,
 )
-from quallm.errors import ConfigError, QuallmError
+from quallm.core.errors import ConfigError, QuallmError
 
 
 def counts_to_rows(counts: Sequence[Sequence[int]]) -> list[list[Hashable | None]]:

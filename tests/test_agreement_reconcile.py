@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quallm.agreement import (
+from quallm.analysis.agreement import (
     POOLED_MACRO,
     POOLED_MICRO,
     build_units,
@@ -27,10 +27,10 @@ from quallm.agreement import (
     reconcile,
     write_agreement,
 )
-from quallm.codings import Coding
+from quallm.core.codings import Coding
+from quallm.core.errors import ConfigError, InputError
 from quallm.core.spans import find_quote, locate_quote, sentence_spans
-from quallm.errors import ConfigError, InputError
-from quallm.transcripts.model import Transcript, Turn
+from quallm.core.transcript import Transcript, Turn
 
 
 def make_transcript(tid: str, turns: list[tuple[str, str]], interviewer: str = "I") -> Transcript:

@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from quallm.cli import app
-from quallm.errors import ConfigError, InputError
-from quallm.exchange import archive as archive_mod
-from quallm.exchange.archive import MIB, ArchiveError, ArchiveLimitError, ArchiveLimits, SafeArchive
-from quallm.exchange.codebooks import load_codebook
-from quallm.exchange.qdpx import read_qdpx
-from quallm.transcripts import load_transcript
+from quallm.core.errors import ConfigError, InputError
+from quallm.ingest import archive as archive_mod
+from quallm.ingest.archive import MIB, ArchiveError, ArchiveLimitError, ArchiveLimits, SafeArchive
+from quallm.ingest.codebooks import load_codebook
+from quallm.ingest.qdpx import read_qdpx
+from quallm.ingest.transcripts import load_transcript
 
 DATA = Path(__file__).parent / "data" / "hostile"
 SOURCE_MEMBER = "sources/5E5E5E5E-AAAA-4BBB-8CCC-DDDDEEEEFFFF.txt"
@@ -195,7 +195,7 @@ def test_safe_archive_api_and_knobs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_docx_bomb_is_one_line_and_the_batch_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import docx
 
-    from quallm.transcripts import load_transcripts
+    from quallm.ingest.transcripts import load_transcripts
 
     d = docx.Document()
     d.add_paragraph("Interviewer: How is the money?")

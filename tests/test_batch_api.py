@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from tests.conftest import DEMO, keyword_answer
 
-from quallm.batch_api import (
+from quallm.coding.extract import ExtractOptions, Extractor
+from quallm.core.codebook import Codebook
+from quallm.ingest.transcripts import load_transcript
+from quallm.models.base import Completion, OutputMode
+from quallm.models.fake import FakeModel
+from quallm.models.fake_server import BatchBehaviour, OpenAITestServer, body_key
+from quallm.models.openai_compat import OpenAICompatModel
+from quallm.run.batch_api import (
     BatchAnswersModel,
     BatchInfo,
     batch_errors,
@@ -18,14 +25,7 @@ from quallm.batch_api import (
     run_batch_extraction,
     to_batch_jsonl,
 )
-from quallm.codebook import Codebook
-from quallm.extract import ExtractOptions, Extractor
-from quallm.models.base import Completion, OutputMode
-from quallm.models.fake import FakeModel
-from quallm.models.openai_compat import OpenAICompatModel
-from quallm.runner import run_extraction
-from quallm.testing.server import BatchBehaviour, OpenAITestServer, body_key
-from quallm.transcripts import load_transcript
+from quallm.run.runner import run_extraction
 
 INPUTS = [DEMO / "la01_northshire.txt", DEMO / "la02_eastbury.txt", DEMO / "la05_highfield.txt"]
 

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from tests.conftest import DEMO, keyword_answer
 
-import quallm.extract as extract_module
-from quallm.codebook import Codebook
-from quallm.extract import ExtractOptions
+import quallm.coding.extract as extract_module
+from quallm.coding.extract import ExtractOptions
+from quallm.core.codebook import Codebook
 from quallm.models.fake import FakeModel
 from quallm.run.batch import BatchInputs, run_pool
-from quallm.rundir import RunDir
-from quallm.runner import run_extraction
+from quallm.run.rundir import RunDir
+from quallm.run.runner import run_extraction
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:

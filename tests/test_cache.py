@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from tests.conftest import DEMO, ROOT, keyword_answer
 
-from quallm.cache import CachedModel, ResponseCache, conforms, default_cache_path, worth_caching
-from quallm.codebook import Codebook
-from quallm.extract import ExtractOptions
+from quallm.coding.extract import ExtractOptions
+from quallm.coding.schemas import turn_schema
+from quallm.core.codebook import Codebook
 from quallm.models.base import ChatRequest, Completion, Message, Usage
+from quallm.models.cache import CachedModel, ResponseCache, conforms, default_cache_path, worth_caching
 from quallm.models.fake import FakeModel
+from quallm.models.fake_server import Faults, OpenAITestServer
 from quallm.models.openai_compat import OpenAICompatModel
-from quallm.runner import run_extraction
-from quallm.schemas import turn_schema
-from quallm.testing.server import Faults, OpenAITestServer
+from quallm.run.runner import run_extraction
 
 SCHEMA = turn_schema(["C_money", "E_help"], 2, 3)
 
@@ -163,7 +163,7 @@ def test_sigkill_mid_run_then_resume_never_reasks_an_answered_request(tmp_path: 
 def test_cache_file_survives_a_killed_writer(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     code = (
-        "import sys,time\nfrom quallm.cache import ResponseCache\nfrom quallm.models.base import *\n"
+        "import sys,time\nfrom quallm.models.cache import ResponseCache\nfrom quallm.models.base import *\n"
         "c=ResponseCache(sys.argv[1])\n"
         "for i in range(100000):\n"
         "    r=ChatRequest(model='m',endpoint='e',messages=(Message(role='user',content=str(i)),))\n"

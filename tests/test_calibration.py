@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from tests.calibration_run import human_subset, make_calibration_run
 
-from quallm.agreement.probability import brier_score, expected_calibration_error, reliability_bins
-from quallm.agreement.reconcile import Estimate
-from quallm.calibration import maths
-from quallm.calibration.model import read_calibration
-from quallm.calibration.run import calibrate_run, suggest_transcripts, write_template
-from quallm.errors import ConfigError, InputError
+from quallm.analysis.agreement.probability import brier_score, expected_calibration_error, reliability_bins
+from quallm.analysis.agreement.reconcile import Estimate
+from quallm.analysis.calibration import maths
+from quallm.analysis.calibration.model import read_calibration
+from quallm.core.errors import ConfigError, InputError
+from quallm.outputs.calibrate import calibrate_run, suggest_transcripts, write_template
 
 
 def test_fit_threshold_maximises_kappa_between_probabilities() -> None:
@@ -146,8 +146,8 @@ def test_greedy_picks_spread_over_codes() -> None:
 
 
 def test_template_rows_left_uncoded_are_skipped_when_read_back(tmp_path: Path) -> None:
-    from quallm.agreement import read_human_csv
-    from quallm.reconciling import load_run
+    from quallm.analysis.agreement import read_human_csv
+    from quallm.analysis.reconciling import load_run
 
     run, _ = make_calibration_run(tmp_path, n_transcripts=2)
     path = write_template(run, ["t00"], tmp_path / "template.csv")

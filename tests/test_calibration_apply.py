@@ -13,17 +13,17 @@ import pytest
 from tests.conftest import SAMPLE, keyword_answer
 from typer.testing import CliRunner
 
-from quallm.calibration.apply import repartition
-from quallm.calibration.run import calibrate_run
-from quallm.calibration.use import calibrated_options
 from quallm.cli import app
-from quallm.codebook import Codebook
-from quallm.errors import ConfigError
-from quallm.extract import ExtractOptions
+from quallm.coding.extract import ExtractOptions
+from quallm.coding.thresholds import repartition
+from quallm.core.codebook import Codebook
+from quallm.core.errors import ConfigError
 from quallm.models.base import ChatRequest
 from quallm.models.fake import FakeModel
-from quallm.rundir import RunDir
-from quallm.runner import run_extraction
+from quallm.outputs.calibrate import calibrate_run
+from quallm.outputs.calibrated import calibrated_options
+from quallm.run.rundir import RunDir
+from quallm.run.runner import run_extraction
 
 # These runs score with the yes/no check (the fake model's scorer) at the former 0.5 threshold.
 YESNO: dict[str, Any] = {"scoring": "yesno", "min_confidence": 0.5}
@@ -112,7 +112,7 @@ def test_a_calibration_for_another_setup_is_refused(coded: tuple[Path, Path, Pat
 
 
 def test_repartition_drops_summary_points_of_codes_no_longer_reported(coded: tuple[Path, Path, Path]) -> None:
-    from quallm.results import Summary, SummaryPoint
+    from quallm.core.results import Summary, SummaryPoint
 
     _, out, _ = coded
     r = RunDir(out).load_result("t0")
@@ -146,9 +146,9 @@ def test_needs_review_reaches_the_report_and_the_qdpx_export(coded: tuple[Path, 
                                                               tiny_codebook_yaml: Path) -> None:
     import zipfile
 
-    from quallm.exchange.qdpx import NEEDS_REVIEW_NOTE, export_run
-    from quallm.reconciling import reconcile_run
-    from quallm.report import render_report
+    from quallm.analysis.reconciling import reconcile_run
+    from quallm.outputs.qdpx import NEEDS_REVIEW_NOTE, export_run
+    from quallm.outputs.report import render_report
 
     src, out, human = coded
     calibrate_run(out, [human], min_positives=4, n_boot=0)

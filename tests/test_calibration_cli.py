@@ -12,7 +12,7 @@ from tests.conftest import DEMO, keyword_answer
 from typer.testing import CliRunner
 
 from quallm.cli import app
-from quallm.testing.server import OpenAITestServer
+from quallm.models.fake_server import OpenAITestServer
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from tests.conftest import DEMO, keyword_answer
 from typer.testing import CliRunner
 
 from quallm.cli import app
-from quallm.testing.server import OpenAITestServer
+from quallm.models.fake_server import OpenAITestServer
 
 runner = CliRunner()
 
@@ -106,8 +106,8 @@ def test_progress_bar_shows_tokens_and_cost_so_far() -> None:
     from rich.progress import Progress
 
     from quallm.cli.app import _price_of, _RichProgress
+    from quallm.core.results import TranscriptResult
     from quallm.models.base import Usage
-    from quallm.results import TranscriptResult
 
     price = _price_of("gpt-4o-mini")
     assert price is not None and price.input > 0

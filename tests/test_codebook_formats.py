@@ -10,10 +10,10 @@ from lxml import etree
 from typer.testing import CliRunner
 
 from quallm.cli import app
-from quallm.codebook import Codebook
-from quallm.codebook_check import check_codebook
-from quallm.errors import CodebookError
-from quallm.exchange.codebooks import (
+from quallm.coding.codebook_check import check_codebook
+from quallm.core.codebook import Codebook
+from quallm.core.errors import CodebookError
+from quallm.ingest.codebooks import (
     build_qdc,
     describe_code,
     export_codebook,
@@ -164,7 +164,7 @@ def test_codebook_inside_a_qdpx_with_any_qde_name(tmp_path: Path) -> None:
 
 
 def test_quallm_qdpx_export_nests_codes_and_reads_back(tmp_path: Path) -> None:
-    from quallm.exchange.qdpx import build_project, validate_project
+    from quallm.outputs.qdpx import build_project, validate_project
 
     cb = Codebook.from_data(TREE)
     xml, _, _ = build_project([], cb, [])
@@ -270,8 +270,8 @@ def test_check_flags_empty_definitions_bad_pointers_and_size() -> None:
 
 
 def test_check_with_minilm_finds_a_paraphrase() -> None:
-    from quallm.embeddings import MiniLMEmbedder, minilm_model_path
-    from quallm.errors import ModelNotAvailableError
+    from quallm.core.errors import ModelNotAvailableError
+    from quallm.models.embeddings import MiniLMEmbedder, minilm_model_path
 
     pytest.importorskip("onnxruntime")
     try:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from quallm.codebook import DEFAULT_KINDS, Codebook, Kind, kind_sections, parse_kinds
-from quallm.errors import CodebookError
-from quallm.exchange.codebooks import load_codebook
-from quallm.prompting import codebook_values, kind_values, load_prompt, render_codebook
+from quallm.coding.prompting import codebook_values, kind_values, load_prompt, render_codebook
+from quallm.core.codebook import DEFAULT_KINDS, Codebook, Kind, kind_sections, parse_kinds
+from quallm.core.errors import CodebookError
+from quallm.ingest.codebooks import load_codebook
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fixtures" / "demo" / "codebook.yaml"
@@ -112,7 +112,7 @@ def test_declared_categories_reach_every_prompt() -> None:
         assert "challenge" not in text.lower() and "enabler" not in text.lower(), name
     assert "that barrier, facilitator or wisdom" in systems["code_turn"]
     assert "that barrier, facilitator or wisdom" in systems["code_chunk"]
-    from quallm.summarise import narrative
+    from quallm.coding.summarise import narrative
 
     told = "Raised 1 barrier (Money), 1 facilitator (Leadership) and 1 wisdom (Start small)."
     assert narrative(cb, ["B1", "W1", "F1"]) == told
@@ -227,7 +227,7 @@ def test_discover_prompt_speaks_of_the_given_kinds() -> None:
 
 
 def test_old_results_with_challenges_and_enablers_still_read() -> None:
-    from quallm.results import Summary
+    from quallm.core.results import Summary
 
     old = {
         "narrative": "n",
@@ -241,7 +241,7 @@ def test_old_results_with_challenges_and_enablers_still_read() -> None:
 def test_agreement_rolls_up_to_parents(tmp_path: Path) -> None:
     import yaml
 
-    from quallm.reconciling import reconcile_files
+    from quallm.analysis.reconciling import reconcile_files
 
     transcript = tmp_path / "t1.txt"
     transcript.write_text(

@@ -1,4 +1,4 @@
-"""Coding probabilities read from token log probabilities (quallm.confidence).
+"""Coding probabilities read from token log probabilities (quallm.coding.confidence).
 
 The token streams here are written for the test (they are not model output): they pin the arithmetic.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from quallm.confidence import code_probabilities
+from quallm.coding.confidence import code_probabilities
 from quallm.models.base import TokenLogprob
 
 

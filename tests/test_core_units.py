@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from quallm.chunking import chunk_transcript
-from quallm.codebook import Codebook
+from quallm.coding.prompting import kind_values, load_prompt
+from quallm.core.codebook import Codebook
+from quallm.core.errors import CodebookError
 from quallm.core.spans import align_quote, sentence_spans
-from quallm.errors import CodebookError
-from quallm.exchange.codebooks import load_codebook
-from quallm.prompting import kind_values, load_prompt
-from quallm.tokenizers import CallableTokenizer, TiktokenTokenizer, encoding_for_model
-from quallm.transcripts import load_transcript
+from quallm.ingest.chunking import chunk_transcript
+from quallm.ingest.codebooks import load_codebook
+from quallm.ingest.tokenizers import CallableTokenizer, TiktokenTokenizer, encoding_for_model
+from quallm.ingest.transcripts import load_transcript
 
 
 def words() -> CallableTokenizer:

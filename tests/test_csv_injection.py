@@ -20,10 +20,10 @@ import pytest
 from tests.conftest import keyword_answer
 from typer.testing import CliRunner
 
-from quallm.agreement import read_human_csv
-from quallm.csvsafe import SafeDictReader, neutralise, restore, to_csv
-from quallm.testing.server import OpenAITestServer
-from quallm.transcripts import load_metadata, load_transcript
+from quallm.analysis.agreement import read_human_csv
+from quallm.core.csvsafe import SafeDictReader, neutralise, restore, to_csv
+from quallm.ingest.transcripts import load_metadata, load_transcript
+from quallm.models.fake_server import OpenAITestServer
 
 DATA = Path(__file__).parent / "data" / "hostile" / "formulas"
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r")

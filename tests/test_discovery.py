@@ -14,17 +14,18 @@ from tests.conftest import DEMO
 from typer.testing import CliRunner
 
 from quallm.cli import app
-from quallm.codebook import Codebook
-from quallm.discovery import DiscoverOptions, cluster, run_discovery
-from quallm.discovery.candidates import Candidate
-from quallm.discovery.consolidate import consolidate
-from quallm.embeddings import MiniLMEmbedder
-from quallm.extract import ExtractOptions, Extractor
+from quallm.coding.discovery import DiscoverOptions, cluster
+from quallm.coding.discovery.candidates import Candidate
+from quallm.coding.discovery.consolidate import consolidate
+from quallm.coding.extract import ExtractOptions, Extractor
+from quallm.core.codebook import Codebook
+from quallm.core.results import Quote
+from quallm.ingest.transcripts import load_transcript
 from quallm.models.base import ChatRequest
+from quallm.models.embeddings import MiniLMEmbedder
 from quallm.models.fake import FakeModel
-from quallm.results import Quote
-from quallm.testing.server import OpenAITestServer
-from quallm.transcripts import load_transcript
+from quallm.models.fake_server import OpenAITestServer
+from quallm.run.discovery import run_discovery
 
 # Paraphrases of three themes: within a theme the real MiniLM gives cosine 0.66-0.69, across themes < 0.4.
 THEMES: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -313,7 +314,7 @@ def test_cli_discover_against_the_test_server(corpus: Path, tmp_path: Path) -> N
 
 
 def test_demo_transcripts_are_chunked_with_interviewee_turns_only() -> None:
-    from quallm.discovery.candidates import CandidateFinder
+    from quallm.coding.discovery.candidates import CandidateFinder
 
     finder = CandidateFinder(FakeModel(), DiscoverOptions(chunk_tokens=800))
     t = load_transcript(DEMO / "la01_northshire.txt")
@@ -357,7 +358,7 @@ def test_stopped_run_resumes_to_the_same_themes(corpus: Path, tmp_path: Path, em
 
 
 def test_merge_links_become_groups() -> None:
-    from quallm.discovery.merge import groups_from_links
+    from quallm.coding.discovery.merge import groups_from_links
 
     assert groups_from_links([0, 0, 1, 0, 2], 5) == [[1, 3], [2, 5], [4]]
     assert groups_from_links([0, 1, 2], 3) == [[1, 2, 3]]  # chains join

@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 from tests.conftest import DEMO
 
-from quallm.codebook import Codebook
-from quallm.errors import ConfigError
-from quallm.estimate import Assumptions, estimate, load_prices, prompt_tokens
-from quallm.extract import ExtractOptions
+from quallm.coding.extract import ExtractOptions
+from quallm.core.codebook import Codebook
+from quallm.core.errors import ConfigError
+from quallm.ingest.tokenizers import tokenizer_for_model
+from quallm.ingest.transcripts import load_transcript
 from quallm.models.base import ChatRequest, Message
+from quallm.models.fake_server import OpenAITestServer
 from quallm.models.openai_compat import OpenAICompatModel
-from quallm.runner import run_extraction
-from quallm.testing.server import OpenAITestServer
-from quallm.tokenizers import tokenizer_for_model
-from quallm.transcripts import load_transcript
+from quallm.run.estimate import Assumptions, estimate, load_prices, prompt_tokens
+from quallm.run.runner import run_extraction
 
 INPUTS = [DEMO / "la01_northshire.txt", DEMO / "la02_eastbury.txt"]
 

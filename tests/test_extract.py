@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from tests.conftest import keyword_answer
 
-from quallm.codebook import Codebook
-from quallm.errors import OutputValidationError, TruncatedOutputError
-from quallm.extract import ExtractOptions, Extractor, extract
+from quallm.coding.extract import ExtractOptions, Extractor, extract
+from quallm.coding.reask import ask
+from quallm.coding.schemas import TurnAnswer
+from quallm.core.codebook import Codebook
+from quallm.core.errors import OutputValidationError, TruncatedOutputError
+from quallm.ingest.transcripts import load_transcript
 from quallm.models.base import ChatRequest, Completion, Message
 from quallm.models.fake import FakeModel
-from quallm.reask import ask
-from quallm.schemas import TurnAnswer
-from quallm.transcripts import load_transcript
 
 
 def keyword_model(**kw: object) -> FakeModel:

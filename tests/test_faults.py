@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 from tests.conftest import keyword_answer
 
-from quallm.codebook import Codebook
-from quallm.extract import ExtractOptions, Extractor
+from quallm.coding.extract import ExtractOptions, Extractor
+from quallm.core.codebook import Codebook
+from quallm.core.results import TranscriptResult
+from quallm.core.transcript import Transcript
+from quallm.ingest.transcripts import load_transcript
 from quallm.models import openai_compat
+from quallm.models.fake_server import ALL_FAULTS, INVENTED_QUOTE, Faults, OpenAITestServer
 from quallm.models.openai_compat import OpenAICompatModel
-from quallm.results import TranscriptResult
-from quallm.rundir import RunDir
-from quallm.runner import Progress, RunReport, run_extraction
-from quallm.testing.server import ALL_FAULTS, INVENTED_QUOTE, Faults, OpenAITestServer
-from quallm.transcripts import load_transcript
-from quallm.transcripts.model import Transcript
+from quallm.run.rundir import RunDir
+from quallm.run.runner import Progress, RunReport, run_extraction
 
 TOPICS = [
     "The budget is the big worry this year.",
@@ -127,7 +127,7 @@ class _NameOnly:
     """Just enough of a model to rebuild the units (same tokenizer as OpenAICompatModel)."""
 
     def __init__(self) -> None:
-        from quallm.tokenizers import tokenizer_for_model
+        from quallm.ingest.tokenizers import tokenizer_for_model
 
         self._tok = tokenizer_for_model("test-model")
 

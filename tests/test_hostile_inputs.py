@@ -20,18 +20,19 @@ import pytest
 from tests.conftest import ROOT, SAMPLE, keyword_answer
 from typer.testing import CliRunner
 
-from quallm.cache import CachedModel, ResponseCache
 from quallm.cli import app
-from quallm.discovery import DiscoverOptions, run_discovery
-from quallm.errors import CodebookError, InputError, RunLockedError
-from quallm.exchange.codebooks import load_codebook
-from quallm.extract import ExtractOptions
+from quallm.coding.discovery import DiscoverOptions
+from quallm.coding.extract import ExtractOptions
+from quallm.core.errors import CodebookError, InputError, RunLockedError
+from quallm.ingest.codebooks import load_codebook
+from quallm.ingest.transcripts import InputOptions, gather_inputs, load_transcript
 from quallm.models.base import ChatRequest, Completion, Message
+from quallm.models.cache import CachedModel, ResponseCache
 from quallm.models.fake import FakeModel
-from quallm.rundir import locked
-from quallm.runner import run_extraction
-from quallm.testing.server import OpenAITestServer
-from quallm.transcripts import InputOptions, gather_inputs, load_transcript
+from quallm.models.fake_server import OpenAITestServer
+from quallm.run.discovery import run_discovery
+from quallm.run.rundir import locked
+from quallm.run.runner import run_extraction
 
 HOSTILE = ROOT / "tests" / "data" / "hostile"
 runner = CliRunner()
@@ -78,7 +79,7 @@ def test_any_unexpected_error_reading_one_file_is_that_files_line(
     tmp_path: Path, tiny_codebook_yaml: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Fault injection: the JSON reader fails in a way no one planned for.
-    import quallm.transcripts as transcripts
+    import quallm.ingest.transcripts as transcripts
 
     def broken(*_a: Any, **_k: Any) -> Any:
         raise KeyError("surprise")
@@ -334,7 +335,7 @@ def test_interviewer_only_transcript_is_warned_about(tmp_path: Path, tiny_codebo
 
 _HOLD = (
     "import sys, time\n"
-    "from quallm.rundir import locked\n"
+    "from quallm.run.rundir import locked\n"
     "with locked(sys.argv[1]):\n"
     "    print('locked', flush=True)\n"
     "    time.sleep(60)\n"

@@ -11,12 +11,12 @@ from tests.conftest import keyword_answer
 from typer.testing import CliRunner
 
 from quallm.cli import app
-from quallm.errors import NetworkDisabledError
+from quallm.coding.reask import ask
+from quallm.coding.schemas import TurnAnswer, turn_schema
+from quallm.core.errors import NetworkDisabledError
 from quallm.models.base import ChatRequest, Message, OutputMode
+from quallm.models.fake_server import Faults, OpenAITestServer
 from quallm.models.openai_compat import OpenAICompatModel
-from quallm.reask import ask
-from quallm.schemas import TurnAnswer, turn_schema
-from quallm.testing.server import Faults, OpenAITestServer
 
 runner = CliRunner()
 
@@ -208,9 +208,9 @@ def test_transcripts_run_concurrently_under_one_cap(tmp_path: Path) -> None:
 
     from tests.conftest import SAMPLE
 
-    from quallm.codebook import Codebook
-    from quallm.extract import ExtractOptions
-    from quallm.runner import run_extraction
+    from quallm.coding.extract import ExtractOptions
+    from quallm.core.codebook import Codebook
+    from quallm.run.runner import run_extraction
 
     state = {"now": 0, "max": 0}
     lock = threading.Lock()

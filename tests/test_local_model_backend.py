@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from quallm.errors import ModelError, ModelNotAvailableError
+from quallm.core.errors import ModelError, ModelNotAvailableError
 from quallm.models.base import ChatModel, ChatRequest, Message, OutputMode
 from quallm.models.local_llama import LocalLlamaModel, available_cpus, int_range_gbnf, schema_to_gbnf
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from quallm.errors import ConfigError, ModelNotAvailableError
+from quallm.core.errors import ConfigError, ModelNotAvailableError
 from quallm.models import assemble, resolve
 from quallm.models.assemble import (
     BUILTIN_SPECS,

@@ -8,17 +8,17 @@ import pytest
 from tests.conftest import DEMO, ROOT, keyword_answer
 from typer.testing import CliRunner
 
-from quallm.cache import CachedModel, ResponseCache
 from quallm.cli import app
-from quallm.codebook import Codebook
+from quallm.core.codebook import Codebook
 from quallm.models.build import ModelSettings, build_model
+from quallm.models.cache import CachedModel, ResponseCache
 from quallm.models.fake import FakeModel
+from quallm.models.fake_server import OpenAITestServer
 from quallm.models.limits import RateLimitedModel
 from quallm.models.openai_compat import OpenAICompatModel
 from quallm.models.profile import LOCAL_CHUNK_TOKENS, REMOTE_CHUNK_TOKENS, profile_of
-from quallm.recording import RecordingModel, ReplayModel
-from quallm.runner import run_extraction
-from quallm.testing.server import OpenAITestServer
+from quallm.models.recording import RecordingModel, ReplayModel
+from quallm.run.runner import run_extraction
 
 RECORDINGS = ROOT / "fixtures" / "recordings" / "demo"
 runner = CliRunner()

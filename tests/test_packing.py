@@ -8,17 +8,17 @@ from typing import Any
 
 from tests.conftest import DEMO, SAMPLE, keyword_answer
 
-from quallm.batch_api import job_requests
-from quallm.codebook import Codebook
-from quallm.estimate import estimate
-from quallm.extract import ExtractOptions, Extractor, plan_packs
+from quallm.coding.extract import ExtractOptions, Extractor, plan_packs
+from quallm.core.codebook import Codebook
+from quallm.core.transcript import Transcript
+from quallm.ingest.transcripts import load_transcript, load_transcripts
 from quallm.models.base import ChatRequest, Completion, Usage
 from quallm.models.fake import FakeModel
+from quallm.models.fake_server import OpenAITestServer
 from quallm.models.openai_compat import OpenAICompatModel
-from quallm.runner import run_extraction
-from quallm.testing.server import OpenAITestServer
-from quallm.transcripts import load_transcript, load_transcripts
-from quallm.transcripts.model import Transcript
+from quallm.run.batch_api import job_requests
+from quallm.run.estimate import estimate
+from quallm.run.runner import run_extraction
 
 
 def _corpus(tmp_path: Path) -> list[Transcript]:
@@ -150,7 +150,7 @@ def _demo() -> list[Transcript]:
 
 
 def test_resume_after_a_partly_saved_pack_sends_nothing_again(tmp_path: Path, tiny_codebook_yaml: Path) -> None:
-    from quallm.cache import CachedModel, ResponseCache
+    from quallm.models.cache import CachedModel, ResponseCache
 
     _corpus(tmp_path)
     inputs = [tmp_path / f"{n}.txt" for n in ("la_a", "la_b", "la_c")]

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-import quallm.extract as extract_module
-from quallm.codebook import Codebook
-from quallm.extract import ExtractOptions, Extractor
-from quallm.fencing import fence
+import quallm.coding.extract as extract_module
+from quallm.coding.extract import ExtractOptions, Extractor
+from quallm.coding.fencing import fence
+from quallm.core.codebook import Codebook
+from quallm.ingest.transcripts import load_transcript
 from quallm.models.base import ChatRequest
 from quallm.models.fake import FakeModel
-from quallm.transcripts import load_transcript
 
 # Interview A tries to get C_money coded on interview B's segment (B never mentions money), with a
 # forged instruction line, a forged segment line and a forged header, once with plain new lines and once

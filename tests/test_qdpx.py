@@ -9,25 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from quallm.agreement import read_human_csv
-from quallm.codebook import Codebook
-from quallm.codings import Coding
-from quallm.errors import InputError
-from quallm.exchange.codebooks import load_codebook
-from quallm.exchange.qdpx import (
-    NAMESPACE,
-    build_project,
-    code_guid,
-    export_run,
-    read_qdpx,
-    source_guid,
-    validate_project,
-    write_qdpx,
-)
-from quallm.results import TranscriptResult
-from quallm.rundir import RunDir
-from quallm.transcripts import load_transcript
-from quallm.transcripts.model import Transcript
+from quallm.analysis.agreement import read_human_csv
+from quallm.core.codebook import Codebook
+from quallm.core.codings import Coding
+from quallm.core.errors import InputError
+from quallm.core.results import TranscriptResult
+from quallm.core.transcript import Transcript
+from quallm.ingest.codebooks import load_codebook
+from quallm.ingest.qdpx import NAMESPACE, read_qdpx
+from quallm.ingest.refi import code_guid, source_guid
+from quallm.ingest.transcripts import load_transcript
+from quallm.outputs.qdpx import build_project, export_run, validate_project, write_qdpx
+from quallm.run.rundir import RunDir
 
 XSD = Path(__file__).parent / "data" / "refi" / "Project.xsd"
 MACHINE = "quallm (fake-model)"

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from quallm.cli import app
 from quallm.models.base import ChatRequest, Message
 from quallm.models.fake import FakeModel
+from quallm.models.fake_server import OpenAITestServer
 from quallm.models.limits import RateLimitedModel
-from quallm.testing.server import OpenAITestServer
 
 
 class Clock:

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from tests.conftest import DEMO, ROOT
 
-from quallm.codebook import Codebook
-from quallm.exchange.qdpx import export_run, read_qdpx
-from quallm.reconciling import reconcile_run
-from quallm.recording import ReplayModel
-from quallm.report import render_report
-from quallm.runner import run_extraction
-from quallm.transcripts import load_transcript
+from quallm.analysis.reconciling import reconcile_run
+from quallm.core.codebook import Codebook
+from quallm.ingest.qdpx import read_qdpx
+from quallm.ingest.transcripts import load_transcript
+from quallm.models.recording import ReplayModel
+from quallm.outputs.qdpx import export_run
+from quallm.outputs.report import render_report
+from quallm.run.runner import run_extraction
 
 RECORDINGS = ROOT / "fixtures" / "recordings" / "demo"
 

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from tests.conftest import DEMO, ROOT
 
-from quallm.codebook import Codebook
-from quallm.discovery import DiscoverOptions, DiscoveryReport, run_discovery
-from quallm.embeddings import MiniLMEmbedder
-from quallm.extract import ExtractOptions, Extractor
+from quallm.coding.discovery import DiscoverOptions
+from quallm.coding.extract import ExtractOptions, Extractor
+from quallm.core.codebook import Codebook
+from quallm.ingest.transcripts import load_transcript
+from quallm.models.embeddings import MiniLMEmbedder
 from quallm.models.fake import FakeModel
-from quallm.recording import ReplayModel
-from quallm.transcripts import load_transcript
+from quallm.models.recording import ReplayModel
+from quallm.run.discovery import DiscoveryReport, run_discovery
 
 RECORDINGS = ROOT / "fixtures" / "recordings" / "discover"
 FOCUS = "Safely reducing the need for children to enter care"

@@ -15,14 +15,14 @@ import pytest
 from tests.conftest import DEMO
 from tests.test_synthesis import DEMO_KEYWORDS, SMALL_KEYWORDS, fake_model, make_run, write_small_study
 
-from quallm.agreement import read_human_csv, reconcile, write_agreement
-from quallm.codebook import Codebook
-from quallm.errors import ConfigError
+from quallm.analysis.agreement import read_human_csv, reconcile, write_agreement
+from quallm.core.codebook import Codebook
+from quallm.core.errors import ConfigError
+from quallm.ingest.transcripts import expand_paths, load_metadata, load_transcript
+from quallm.outputs.report import build_report_html, render_report
+from quallm.outputs.report.render import cut_turn
 from quallm.outputs.study_summary import study_summary, write_study_summary
-from quallm.report import build_report_html, render_report
-from quallm.report.render import cut_turn
-from quallm.rundir import RunDir
-from quallm.transcripts import expand_paths, load_metadata, load_transcript
+from quallm.run.rundir import RunDir
 
 SECTIONS = ("run", "study", "matrix", "prevalence", "codes", "agreement", "disagreements", "transcripts")
 

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.test_report import SECTIONS, build_demo_run
 
-from quallm.report import render_report
+from quallm.outputs.report import render_report
 
 
 def _chromium() -> str | None:

@@ -17,16 +17,18 @@ import pytest
 from tests.conftest import ROOT
 from tests.review_run import CODER, T1, make_review_run
 
-from quallm.agreement import read_human_csv
-from quallm.errors import InputError
-from quallm.exchange.qdpx import export_run, read_qdpx
-from quallm.reconciling import load_run, reconcile_run
-from quallm.report import build_report_html
-from quallm.review import Decision, DecisionLog, read_log, review_counts, review_labels, reviewed_codings
-from quallm.review.app import CSRF_HEADER, csrf_value
-from quallm.review.server import ReviewServer
-from quallm.review.session import DecisionRefused, ReviewSession
-from quallm.rundir import RunDir
+from quallm.analysis.agreement import read_human_csv
+from quallm.analysis.reconciling import load_run, reconcile_run
+from quallm.analysis.reviewed import review_counts, review_labels, reviewed_codings
+from quallm.core.errors import InputError
+from quallm.ingest.qdpx import read_qdpx
+from quallm.outputs.qdpx import export_run
+from quallm.outputs.report import build_report_html
+from quallm.outputs.review.app import CSRF_HEADER, csrf_value
+from quallm.outputs.review.server import ReviewServer
+from quallm.outputs.review.session import DecisionRefused, ReviewSession
+from quallm.run.review_log import Decision, DecisionLog, read_log
+from quallm.run.rundir import RunDir
 
 
 @pytest.fixture

@@ -20,12 +20,13 @@ from tests.conftest import DEMO, ROOT
 from tests.review_run import T1, make_review_run
 from tests.test_report_browser import CHROMIUM
 
-from quallm.codebook import Codebook
-from quallm.exchange.qdpx import export_run, read_qdpx
-from quallm.reconciling import load_run
-from quallm.recording import ReplayModel
-from quallm.review.server import ReviewServer
-from quallm.runner import run_extraction
+from quallm.analysis.reconciling import load_run
+from quallm.core.codebook import Codebook
+from quallm.ingest.qdpx import read_qdpx
+from quallm.models.recording import ReplayModel
+from quallm.outputs.qdpx import export_run
+from quallm.outputs.review.server import ReviewServer
+from quallm.run.runner import run_extraction
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="the playwright package is not installed (pip install playwright)"

@@ -17,12 +17,12 @@ from tests.conftest import DEMO, keyword_answer
 from typer.testing import CliRunner
 
 from quallm.cli import app
-from quallm.codebook import Codebook
+from quallm.core.codebook import Codebook
 from quallm.models.fake import FakeModel
+from quallm.outputs.review.session import ReviewSession
 from quallm.outputs.study_summary import study_summary
-from quallm.review.session import ReviewSession
 from quallm.run import Manifest, open_run
-from quallm.runner import run_extraction
+from quallm.run.runner import run_extraction
 
 runner = CliRunner()
 

@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from quallm.cli import app
-from quallm.errors import TransportError, describe
-from quallm.redact import MIN_FRAGMENT, REDACTED, redact, redact_value, register_secret
-from quallm.results import Failure
-from quallm.testing.server import Faults, OpenAITestServer
+from quallm.core.errors import TransportError, describe
+from quallm.core.redact import MIN_FRAGMENT, REDACTED, redact, redact_value, register_secret
+from quallm.core.results import Failure
+from quallm.models.fake_server import Faults, OpenAITestServer
 
 runner = CliRunner()
 

@@ -132,9 +132,9 @@ def test_extract_with_the_real_small_model_gives_grounded_codings(
     """The whole per-unit pipeline on a short fixture: schema-valid answers, every coding grounded."""
     from pathlib import Path
 
-    from quallm.codebook import Codebook
-    from quallm.extract import ExtractOptions, extract
-    from quallm.transcripts import load_transcript
+    from quallm.coding.extract import ExtractOptions, extract
+    from quallm.core.codebook import Codebook
+    from quallm.ingest.transcripts import load_transcript
 
     demo = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
     text = (demo / "la01_northshire.txt").read_text(encoding="utf-8")
@@ -174,9 +174,10 @@ def test_long_string_limits_give_grammars_llama_cpp_accepts(model: LocalLlamaMod
 
 def test_discover_with_the_real_small_model(model: LocalLlamaModel, tmp_path: Path) -> None:
     # The discovery and merge grammars (minItems, maxItems, a fixed-length list) on the real backend.
-    from quallm.discovery import DiscoverOptions, run_discovery
-    from quallm.embeddings import MiniLMEmbedder
-    from quallm.transcripts import load_transcript
+    from quallm.coding.discovery import DiscoverOptions
+    from quallm.ingest.transcripts import load_transcript
+    from quallm.models.embeddings import MiniLMEmbedder
+    from quallm.run.discovery import run_discovery
 
     demo = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
     text = (demo / "la02_eastbury.txt").read_text(encoding="utf-8")

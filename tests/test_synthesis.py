@@ -20,14 +20,14 @@ from tests import conftest as qc
 
 from quallm.analysis.exact_tests import freeman_halton, holm, two_by_k_test
 from quallm.analysis.synthesis import SMALL_NUMBERS, default_group_column, synthesise, write_synthesis
-from quallm.codebook import Codebook
-from quallm.errors import ConfigError, OutputValidationError
+from quallm.core.codebook import Codebook
+from quallm.core.errors import ConfigError, OutputValidationError
+from quallm.ingest.transcripts import load_transcript
 from quallm.models.base import ChatRequest, Completion
 from quallm.models.fake import FakeModel
 from quallm.outputs.study_summary import StudyOptions, read_study_summary, study_summary, write_study_summary
-from quallm.rundir import RunDir
-from quallm.runner import RunReport, run_extraction
-from quallm.transcripts import load_transcript
+from quallm.run.rundir import RunDir
+from quallm.run.runner import RunReport, run_extraction
 
 # Keywords for the demo codebook (fixtures/demo/codebook.yaml), so the fake coder codes every code somewhere.
 DEMO_KEYWORDS = {

@@ -10,8 +10,8 @@ import docx
 import pytest
 from tests.conftest import DEMO
 
-from quallm.errors import InputError
-from quallm.transcripts import load_metadata, load_transcript, load_transcripts
+from quallm.core.errors import InputError
+from quallm.ingest.transcripts import load_metadata, load_transcript, load_transcripts
 
 
 def _check_offsets(t):  # every turn is an exact slice of the canonical text

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 # Usage is a shared value (results carry it), so it lives in the core; re-exported here for backends.
-from quallm.results import Usage
+from quallm.core.results import Usage
 
 
 class OutputMode(str, Enum):
@@ -132,7 +132,7 @@ class ChatModel(Protocol):
         ...
 
     def complete(self, request: ChatRequest) -> Completion:
-        """Send one request; raise a :class:`~quallm.errors.ModelError` on failure."""
+        """Send one request; raise a :class:`~quallm.core.errors.ModelError` on failure."""
         ...
 
     def count_tokens(self, text: str) -> int:
