@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from tests.conftest import DEMO, ROOT
+from tests.outputs.test_report_browser import CHROMIUM
 from tests.review_run import T1, make_review_run
-from tests.test_report_browser import CHROMIUM
 
 from quallm.analysis.reconciling import load_run
 from quallm.core.codebook import Codebook

@@ -12,8 +12,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from tests.analysis.test_synthesis import DEMO_KEYWORDS, SMALL_KEYWORDS, fake_model, make_run, write_small_study
 from tests.conftest import DEMO
-from tests.test_synthesis import DEMO_KEYWORDS, SMALL_KEYWORDS, fake_model, make_run, write_small_study
 
 from quallm.analysis.agreement import read_human_csv, reconcile, write_agreement
 from quallm.core.codebook import Codebook

@@ -22,7 +22,7 @@ from quallm.ingest.transcripts import load_transcript
 from quallm.outputs.qdpx import build_project, export_run, validate_project, write_qdpx
 from quallm.run.rundir import RunDir
 
-XSD = Path(__file__).parent / "data" / "refi" / "Project.xsd"
+XSD = Path(__file__).parents[1] / "data" / "refi" / "Project.xsd"
 MACHINE = "quallm (fake-model)"
 
 CODEBOOK = """

@@ -17,7 +17,7 @@ from quallm.ingest.codebooks import load_codebook
 from quallm.ingest.qdpx import read_qdpx
 from quallm.ingest.transcripts import load_transcript
 
-DATA = Path(__file__).parent / "data" / "hostile"
+DATA = Path(__file__).parents[1] / "data" / "hostile"
 SOURCE_MEMBER = "sources/5E5E5E5E-AAAA-4BBB-8CCC-DDDDEEEEFFFF.txt"
 SECRET = "root:x:0:0:THIS-IS-THE-SECRET-FILE:/root:/bin/bash"
 TEXT = "Interviewer: How is the money?\n\nRespondent: The budget is the big worry this year.\n"

@@ -12,7 +12,7 @@ from quallm.core.codebook import DEFAULT_KINDS, Codebook, Kind, kind_sections, p
 from quallm.core.errors import CodebookError
 from quallm.ingest.codebooks import load_codebook
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "fixtures" / "demo" / "codebook.yaml"
 DEV_LA = Path("/work/shared/eval/dev-la/codebook.yaml")
 

@@ -25,7 +25,7 @@ from quallm.core.csvsafe import SafeDictReader, neutralise, restore, to_csv
 from quallm.ingest.transcripts import load_metadata, load_transcript
 from quallm.models.fake_server import OpenAITestServer
 
-DATA = Path(__file__).parent / "data" / "hostile" / "formulas"
+DATA = Path(__file__).parents[1] / "data" / "hostile" / "formulas"
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 runner = CliRunner()
 

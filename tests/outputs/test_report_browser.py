@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import ROOT
-from tests.test_report import SECTIONS, build_demo_run
+from tests.outputs.test_report import SECTIONS, build_demo_run
 
 from quallm.outputs.report import render_report
 

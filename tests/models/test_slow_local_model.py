@@ -136,7 +136,7 @@ def test_extract_with_the_real_small_model_gives_grounded_codings(
     from quallm.core.codebook import Codebook
     from quallm.ingest.transcripts import load_transcript
 
-    demo = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
+    demo = Path(__file__).resolve().parents[2] / "fixtures" / "demo"
     text = (demo / "la01_northshire.txt").read_text(encoding="utf-8")
     short = tmp_path / "la01_short.txt"
     short.write_text("\n\n".join(text.split("\n\n")[:8]) + "\n", encoding="utf-8")  # four exchanges
@@ -179,7 +179,7 @@ def test_discover_with_the_real_small_model(model: LocalLlamaModel, tmp_path: Pa
     from quallm.models.embeddings import MiniLMEmbedder
     from quallm.run.discovery import run_discovery
 
-    demo = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
+    demo = Path(__file__).resolve().parents[2] / "fixtures" / "demo"
     text = (demo / "la02_eastbury.txt").read_text(encoding="utf-8")
     short = tmp_path / "la02_short.txt"
     short.write_text("\n\n".join(text.split("\n\n")[:6]) + "\n", encoding="utf-8")

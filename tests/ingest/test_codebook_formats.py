@@ -23,7 +23,7 @@ from quallm.ingest.codebooks import (
     validate_qdc,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "fixtures" / "demo" / "codebook.yaml"
 XSD = ROOT / "src" / "quallm" / "data" / "Codebook.xsd"
 runner = CliRunner()

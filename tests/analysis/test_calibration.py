@@ -162,7 +162,7 @@ def test_benchmark_simulation_on_a_synthetic_run(tmp_path: Path) -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "bench_calibrate", Path(__file__).parents[1] / "benchmarks" / "bench_calibrate.py"
+        "bench_calibrate", Path(__file__).parents[2] / "benchmarks" / "bench_calibrate.py"
     )
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
