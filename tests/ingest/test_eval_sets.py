@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-EVAL = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
+EVAL = Path(__file__).resolve().parents[2] / "fixtures" / "eval"
 SETS = ("synth-la", "synth-open")
 
 
