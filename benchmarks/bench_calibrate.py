@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from quallm.calibration import maths
-from quallm.calibration.labels import label_table
-from quallm.calibration.model import Calibration
-from quallm.calibration.run import DEFAULT_THRESHOLD, calibrate_run, suggest_transcripts
-from quallm.codings import Coding
-from quallm.reconciling import RunInputs, load_coding_file, load_run
+from quallm.analysis.calibration import maths
+from quallm.analysis.calibration.labels import label_table
+from quallm.analysis.calibration.model import Calibration
+from quallm.analysis.reconciling import RunInputs, load_coding_file, load_run
+from quallm.core.codings import Coding
+from quallm.outputs.calibrate import DEFAULT_THRESHOLD, calibrate_run, suggest_transcripts
 
 
 def _subset_csv(human: Path, ids: set[str], out: Path) -> Path:
