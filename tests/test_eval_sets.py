@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -12,7 +13,7 @@ EVAL = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
 SETS = ("synth-la", "synth-open")
 
 
-def _checker():
+def _checker() -> ModuleType:
     spec = importlib.util.spec_from_file_location("check_sets", EVAL / "check_sets.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
