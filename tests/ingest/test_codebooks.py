@@ -25,7 +25,7 @@ PINNED = {
         "codebook": "f955fc13ced0c81b6a95f198b1e8beacf29d21d15bdbebbdba61282a5c5f7f2b",
         "code_turn": "802bb5f81a1422807f9e8eb3eb686c7592b87b30bf63f27e31ebdb48d076d7bd",
         "code_chunk": "f0bfa6c51d38522f0e06e2667bd21b52cb16a781763494e74223c70c18e4e767",
-        "summary": "db9c90b4eded6136e3b42da75f40d3310fbf684b2a1571eb69439574efb0d1c0",
+        "summary": "985fcf26762f15b799b8e5fa610c34d5731ed2d1b9e9813548e81f4f1a330c2e",
         "study_map": "789e4e21cdd9fa41a87d7f6996f882299ab6a3b296ae4d107de374edbce20737",
         "study_reduce": "4b0ec5d951e01f3adeab43d29adf8cf87649af0d111e28d5c9685da0332fe202",
         "hash": "efc2435fb50dbf0ae5b3136e9b953175f4f88c24c3712cc8a5adfc652100de3f",
@@ -34,7 +34,7 @@ PINNED = {
         "codebook": "0db9cba69a95d323d06dd69b814ad8cfc659e199ac8bf25e49d9e9ba8a02fe7a",
         "code_turn": "658b2e70d4b31d71da263c74ad7d90fa7b72d647acbc954ebb2956f368adac3d",
         "code_chunk": "d13ebbdbf469a8c88b95e679b11fc057560c1b1ccf21b26da4d3beb272057749",
-        "summary": "db9c90b4eded6136e3b42da75f40d3310fbf684b2a1571eb69439574efb0d1c0",
+        "summary": "985fcf26762f15b799b8e5fa610c34d5731ed2d1b9e9813548e81f4f1a330c2e",
         "study_map": "789e4e21cdd9fa41a87d7f6996f882299ab6a3b296ae4d107de374edbce20737",
         "study_reduce": "4b0ec5d951e01f3adeab43d29adf8cf87649af0d111e28d5c9685da0332fe202",
         "hash": "0098d3fbce0b543f37f0dd1e5b242efe32fef11d18686f2902cbd1656206af27",
@@ -44,7 +44,7 @@ PINNED_DISCOVER = "c9ff94cbab8e10cd09d380d193b1263e6e764dd1bb132f5d9b191627884ab
 PINNED_TEMPLATE_HASHES = {
     "code_turn": "90519f5ef65d31b3",
     "code_chunk": "f7cd16fdeac9fc8b",
-    "summary": "f698995b28f8d04b",
+    "summary": "a6229c2a1ace6464",
     "study_reduce": "9bfdc3300340a16b",
     "discover_chunk": "5346e20d3a0ae471",
 }
