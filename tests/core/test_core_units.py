@@ -115,7 +115,8 @@ def test_prompt_hash_is_stable_and_renders() -> None:
     p = load_prompt("code_turn")
     assert p.hash == load_prompt("code_turn").hash and len(p.hash) == 16
     system, user = p.render(
-        codebook_name="X", codebook="- A", max_codes="3", question="Q?", speaker="R", answer="A.", **kind_values(())
+        codebook_name="X", codebook="- A", how_many="At most 3.", question="Q?", speaker="R", answer="A.",
+        **kind_values(()),
     )
     assert "- A" in system and "Q?" in user and "$" not in user
 
@@ -125,3 +126,20 @@ def test_shipped_tiktoken_encodings_work_offline() -> None:
     enc = TiktokenTokenizer("cl100k_base").encoding
     assert enc.encode("hello world") == [15339, 1917]  # tiktoken's documented ids for cl100k_base
     assert TiktokenTokenizer("o200k_base").count("hello world") == 2
+
+
+def test_evidence_span_widens_a_few_words_only() -> None:
+    from quallm.core.spans import evidence_span, sentence_spans
+
+    text = "Tight. We closed six children's centres in 2017 and merged two teams. They're fine."
+    spans = sentence_spans(text)
+    # A long sentence stays itself; a short one takes in the next; the last one takes in the one before.
+    assert evidence_span(text, spans, 1) == spans[1]
+    assert evidence_span(text, spans, 0) == (spans[0][0], spans[1][1])
+    assert evidence_span(text, spans, 2) == (spans[1][0], spans[2][1])
+    # One short sentence alone in its turn stays as it is; offsets into a larger text are honoured.
+    assert evidence_span("Pleasure.", sentence_spans("Pleasure."), 0) == (0, 9)
+    big = "xxxx " + text
+    assert evidence_span(text, sentence_spans(text, 5), 0, 5) == (5, 5 + spans[1][1])
+    a, b = evidence_span(text, sentence_spans(text, 5), 0, 5)
+    assert big[a:b].startswith("Tight. We closed")

@@ -37,7 +37,7 @@ from quallm.core.codebook import Codebook
 from quallm.core.codings import Coding
 from quallm.core.errors import ModelError, TruncatedOutputError
 from quallm.core.results import Failure, TranscriptResult, Ungrounded
-from quallm.core.spans import align_quote, sentence_spans
+from quallm.core.spans import align_quote, evidence_span, sentence_spans
 from quallm.core.transcript import Transcript
 from quallm.ingest.chunking import Chunk, Segment, chunk_transcript
 from quallm.ingest.tokenizers import CallableTokenizer
@@ -421,8 +421,8 @@ class Extractor:
             if c.code_id in seen:
                 continue
             seen.add(c.code_id)
-            a, b = sentences[c.sentence - 1]
-            # The sentence is our own exact slice, so the evidence is grounded by construction.
+            a, b = evidence_span(seg.text, sentences, c.sentence - 1, seg.start)
+            # The sentence (widened when it is a few words) is our own exact slice: grounded by construction.
             codings.append(
                 Coding(
                     transcript_id=transcript.id,

@@ -57,6 +57,34 @@ _EQUIVALENT = str.maketrans(
 )
 
 
+#: Evidence shorter than this many words is widened to its neighbouring sentences (see evidence_span).
+MIN_EVIDENCE_WORDS = 5
+
+
+def evidence_span(
+    text: str, spans: list[tuple[int, int]], index: int, offset: int = 0, min_words: int = MIN_EVIDENCE_WORDS
+) -> tuple[int, int]:
+    """The evidence for a coding on sentence ``index`` (0-based) of ``spans``: that sentence, widened.
+
+    A chosen sentence such as "Tight." or "They're fine." shows nothing on its own (on dev-la the 1.5B
+    model picked such sentences, and the summaries then restated them), so a sentence of fewer than
+    ``min_words`` words takes in the following sentences, then the preceding ones, until it has
+    ``min_words`` or the turn ends. ``text`` holds the spans at ``offset`` (``text[a - offset:b - offset]``);
+    the result is still one contiguous slice, grounded by construction.
+    """
+
+    def words(a: int, b: int) -> int:
+        return len(text[a - offset : b - offset].split())
+
+    lo = hi = index
+    while words(spans[lo][0], spans[hi][1]) < min_words and (hi + 1 < len(spans) or lo > 0):
+        if hi + 1 < len(spans):
+            hi += 1
+        else:
+            lo -= 1
+    return spans[lo][0], spans[hi][1]
+
+
 def normalise_text(text: str) -> str:
     """``text`` case-folded, with quote/dash variants unified and whitespace runs made one space."""
     return " ".join(text.translate(_EQUIVALENT).casefold().split())
