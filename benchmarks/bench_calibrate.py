@@ -319,7 +319,8 @@ def figure_svg(sets: Sequence[tuple[str, dict[str, Any]]]) -> str:
                     el.append(f'<circle cx="{px(k):.1f}" cy="{py(v):.1f}" r="3" fill="{colour}">'
                               f'<title>{f} k={k}: {v:.3f}</title></circle>')
     ly = mt + 2 * (ph + gap) + 6
-    for n, (label, _, colour, dash) in enumerate(_SERIES):
+    drawn = {f for _, data in sets for f, pts in _curves(data).items() if pts}
+    for n, (label, _, colour, dash) in enumerate(s for s in _SERIES if s[1] in drawn):  # only series with points
         y = ly + 18 * n
         el.append(f'<line x1="{ml}" x2="{ml + 28}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="2"'
                   + (f' stroke-dasharray="{dash}"' if dash else "") + "/>")
