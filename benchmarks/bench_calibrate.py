@@ -46,18 +46,18 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from quallm.calibration import maths
-from quallm.calibration.examples import load_example_bank
-from quallm.calibration.labels import label_table
-from quallm.calibration.model import Calibration
-from quallm.calibration.run import DEFAULT_THRESHOLD, calibrate_run, suggest_transcripts
-from quallm.codebook import Codebook
-from quallm.codings import Coding
-from quallm.extract import ExtractOptions
+from quallm.analysis.calibration import maths
+from quallm.analysis.calibration.labels import label_table
+from quallm.analysis.calibration.model import Calibration
+from quallm.analysis.reconciling import RunInputs, load_coding_file, load_run
+from quallm.coding.extract import ExtractOptions
+from quallm.core.codebook import Codebook
+from quallm.core.codings import Coding
+from quallm.ingest.transcripts import expand_paths
 from quallm.models.build import ModelSettings, build_model
-from quallm.reconciling import RunInputs, load_coding_file, load_run
-from quallm.runner import run_extraction
-from quallm.transcripts import expand_paths
+from quallm.outputs.calibrate import DEFAULT_THRESHOLD, calibrate_run, suggest_transcripts
+from quallm.outputs.examples_from import load_example_bank
+from quallm.run.runner import run_extraction
 
 
 def _subset_csv(human: Path, ids: set[str], out: Path, coder: str | None = None) -> Path:

@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from quallm.codebook import Codebook
-from quallm.extract import ExtractOptions, Extractor
+from quallm.coding.extract import ExtractOptions, Extractor
+from quallm.core.codebook import Codebook
+from quallm.ingest.transcripts import load_transcript
 from quallm.models.base import ChatRequest, Completion
+from quallm.models.fake_server import Faults, OpenAITestServer
 from quallm.models.openai_compat import OpenAICompatModel
-from quallm.runner import run_extraction
-from quallm.testing.server import Faults, OpenAITestServer
-from quallm.transcripts import load_transcript
+from quallm.run.runner import run_extraction
 
 CODEBOOK = Codebook.model_validate(
     {

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from quallm.codebook import Codebook
-from quallm.discovery import DiscoverOptions, run_discovery
-from quallm.embeddings import MiniLMEmbedder
+from quallm.coding.discovery import DiscoverOptions
+from quallm.core.codebook import Codebook
+from quallm.models.embeddings import MiniLMEmbedder
+from quallm.run.discovery import run_discovery
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "fixtures" / "demo"
@@ -47,10 +48,10 @@ def main() -> None:
     embedder = MiniLMEmbedder()
     folder = args.from_dir
     if folder is None:
-        from quallm.cache import CachedModel, ResponseCache
+        from quallm.models.cache import CachedModel, ResponseCache
         from quallm.models.factory import build_chat_model
+        from quallm.models.recording import ReplayModel
         from quallm.models.resolve import resolve_model
-        from quallm.recording import ReplayModel
 
         if args.replay:
             model = ReplayModel(args.replay)

@@ -26,15 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quallm.agreement import read_human_csv, reconcile
-from quallm.codebook import Codebook
-from quallm.codings import Coding
-from quallm.extract import ExtractOptions, Extractor
+from quallm.analysis.agreement import read_human_csv, reconcile
+from quallm.coding.extract import ExtractOptions, Extractor
+from quallm.core.codebook import Codebook
+from quallm.core.codings import Coding
+from quallm.core.results import TranscriptResult
+from quallm.core.transcript import Transcript
+from quallm.ingest.transcripts import expand_paths, load_metadata, load_transcript
 from quallm.models.factory import build_chat_model
 from quallm.models.resolve import resolve_model
-from quallm.results import TranscriptResult
-from quallm.transcripts import expand_paths, load_metadata, load_transcript
-from quallm.transcripts.model import Transcript
 
 
 def _set_files(root: Path) -> tuple[Path, Path, Path | None, list[Path]]:
@@ -74,7 +74,7 @@ def _score(
 
 def _prose_shares(results: list[TranscriptResult], codebook: Codebook) -> tuple[float, float, int, int]:
     """(share of points with model prose, share of prose sentences closest to their own code, points, sentences)."""
-    from quallm.embeddings import MiniLMEmbedder
+    from quallm.models.embeddings import MiniLMEmbedder
 
     points = [p for r in results if r.summary for p in (*r.summary.challenges, *r.summary.enablers)]
     prose = [p for p in points if p.summary and not p.summary.startswith("(")]
@@ -113,13 +113,13 @@ def main() -> None:
     choice = resolve_model(args.model, model_path=args.model_path)
     model: Any
     if args.replay:
-        from quallm.recording import ReplayModel
+        from quallm.models.recording import ReplayModel
 
         model, info = ReplayModel(args.replay), {"file": f"replay of {args.replay}"}
     else:
         model, info = build_chat_model(choice)
     if not args.no_cache and not args.replay:
-        from quallm.cache import CachedModel, ResponseCache
+        from quallm.models.cache import CachedModel, ResponseCache
 
         model = CachedModel(model, ResponseCache())
     codebook = Codebook.load(codebook_path)

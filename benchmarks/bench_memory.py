@@ -18,10 +18,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from quallm.codebook import Codebook
-from quallm.extract import ExtractOptions
+from quallm.coding.extract import ExtractOptions
+from quallm.core.codebook import Codebook
 from quallm.models.base import ChatRequest, Completion, OutputMode, Usage
-from quallm.runner import run_extraction
+from quallm.run.runner import run_extraction
 
 CODEBOOK = Codebook.model_validate(
     {

@@ -15,9 +15,9 @@ import tracemalloc
 
 import numpy as np
 
-from quallm.agreement import reconcile, write_agreement
-from quallm.codings import Coding
-from quallm.transcripts.model import Transcript, Turn
+from quallm.analysis.agreement import reconcile, write_agreement
+from quallm.core.codings import Coding
+from quallm.core.transcript import Transcript, Turn
 
 WORDS = [
     "money", "work", "family", "kids", "health", "time", "school", "staff", "food", "rent",

@@ -14,15 +14,15 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from quallm.batch_api import chat_body, job_requests
-from quallm.codebook import Codebook
-from quallm.estimate import _TokenizerOnly, estimate, prompt_tokens
-from quallm.extract import ExtractOptions, Extractor
+from quallm.coding.extract import ExtractOptions, Extractor
+from quallm.core.codebook import Codebook
+from quallm.core.transcript import Transcript
+from quallm.ingest.tokenizers import TiktokenTokenizer
+from quallm.ingest.transcripts import load_transcripts
 from quallm.models.base import OutputMode
 from quallm.models.profile import REMOTE_CHUNK_TOKENS
-from quallm.tokenizers import TiktokenTokenizer
-from quallm.transcripts import load_transcripts
-from quallm.transcripts.model import Transcript
+from quallm.run.batch_api import chat_body, job_requests
+from quallm.run.estimate import _TokenizerOnly, estimate, prompt_tokens
 
 DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
 

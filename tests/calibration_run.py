@@ -9,12 +9,12 @@ import json
 import random
 from pathlib import Path
 
-from quallm.codebook import Codebook
-from quallm.codings import Coding
-from quallm.csvsafe import SafeWriter
-from quallm.results import TranscriptResult
-from quallm.rundir import RunDir
-from quallm.transcripts import load_transcript
+from quallm.core.codebook import Codebook
+from quallm.core.codings import Coding
+from quallm.core.csvsafe import SafeWriter
+from quallm.core.results import TranscriptResult
+from quallm.ingest.transcripts import load_transcript
+from quallm.run.rundir import RunDir
 
 CODER = "quallm (synthetic)"
 CODEBOOK = """name: Calibration test

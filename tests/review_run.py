@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quallm.codings import Coding
-from quallm.results import TranscriptResult
-from quallm.rundir import RunDir
-from quallm.transcripts import load_transcript
+from quallm.core.codings import Coding
+from quallm.core.results import TranscriptResult
+from quallm.ingest.transcripts import load_transcript
+from quallm.run.rundir import RunDir
 
 CODER = "quallm (fake-model)"
 CODEBOOK = """name: Review test

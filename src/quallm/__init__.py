@@ -14,37 +14,38 @@ __version__ = "0.1.0"
 # name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     # shared values and errors
-    "QuallmError": "quallm.errors",
-    "Coding": "quallm.codings",
-    "TranscriptResult": "quallm.results",
+    "QuallmError": "quallm.core.errors",
+    "Coding": "quallm.core.codings",
+    "TranscriptResult": "quallm.core.results",
     "sentence_spans": "quallm.core.spans",
     "align_quote": "quallm.core.spans",
     # ingest
-    "Transcript": "quallm.transcripts.model",
-    "load_transcript": "quallm.transcripts",
-    "load_transcripts": "quallm.transcripts",
-    "Codebook": "quallm.codebook",
+    "Transcript": "quallm.core.transcript",
+    "load_transcript": "quallm.ingest.transcripts",
+    "load_transcripts": "quallm.ingest.transcripts",
+    "Codebook": "quallm.core.codebook",
+    "load_codebook": "quallm.ingest.codebooks",
     # models
     "ModelSettings": "quallm.models.build",
     "build_model": "quallm.models.build",
     "ModelProfile": "quallm.models.profile",
     "profile_of": "quallm.models.profile",
     # coding and the run
-    "ExtractOptions": "quallm.extract",
-    "run_extraction": "quallm.runner",
+    "ExtractOptions": "quallm.coding.extract",
+    "run_extraction": "quallm.run.runner",
     "Manifest": "quallm.run.manifest",
     "open_run": "quallm.run.opening",
-    "DiscoverOptions": "quallm.discovery",
-    "run_discovery": "quallm.discovery",
+    "DiscoverOptions": "quallm.coding.discovery",
+    "run_discovery": "quallm.run.discovery",
     # analysis
-    "reconcile": "quallm.agreement",
-    "reconcile_run": "quallm.reconciling",
-    "reconcile_files": "quallm.reconciling",
+    "reconcile": "quallm.analysis.agreement",
+    "reconcile_run": "quallm.analysis.reconciling",
+    "reconcile_files": "quallm.analysis.reconciling",
     "synthesise": "quallm.analysis.synthesis",
     # outputs
     "study_summary": "quallm.outputs.study_summary",
-    "render_report": "quallm.report",
-    "export_run": "quallm.exchange.qdpx",
+    "render_report": "quallm.outputs.report",
+    "export_run": "quallm.outputs.qdpx",
 }
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "align_quote",
     "build_model",
     "export_run",
+    "load_codebook",
     "load_transcript",
     "load_transcripts",
     "open_run",
@@ -78,26 +80,28 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from quallm.agreement import reconcile
+    from quallm.analysis.agreement import reconcile
+    from quallm.analysis.reconciling import reconcile_files, reconcile_run
     from quallm.analysis.synthesis import synthesise
-    from quallm.codebook import Codebook
-    from quallm.codings import Coding
+    from quallm.coding.discovery import DiscoverOptions
+    from quallm.coding.extract import ExtractOptions
+    from quallm.core.codebook import Codebook
+    from quallm.core.codings import Coding
+    from quallm.core.errors import QuallmError
+    from quallm.core.results import TranscriptResult
     from quallm.core.spans import align_quote, sentence_spans
-    from quallm.discovery import DiscoverOptions, run_discovery
-    from quallm.errors import QuallmError
-    from quallm.exchange.qdpx import export_run
-    from quallm.extract import ExtractOptions
+    from quallm.core.transcript import Transcript
+    from quallm.ingest.codebooks import load_codebook
+    from quallm.ingest.transcripts import load_transcript, load_transcripts
     from quallm.models.build import ModelSettings, build_model
     from quallm.models.profile import ModelProfile, profile_of
+    from quallm.outputs.qdpx import export_run
+    from quallm.outputs.report import render_report
     from quallm.outputs.study_summary import study_summary
-    from quallm.reconciling import reconcile_files, reconcile_run
-    from quallm.report import render_report
-    from quallm.results import TranscriptResult
+    from quallm.run.discovery import run_discovery
     from quallm.run.manifest import Manifest
     from quallm.run.opening import open_run
-    from quallm.runner import run_extraction
-    from quallm.transcripts import load_transcript, load_transcripts
-    from quallm.transcripts.model import Transcript
+    from quallm.run.runner import run_extraction
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import gammaln
 from scipy.stats import fisher_exact
 
-from quallm.errors import ConfigError
+from quallm.core.errors import ConfigError
 
 MAX_EXACT_TABLES = 1_000_000  # above this many candidate tables, the 2 x k test is done by Monte Carlo
 MONTE_CARLO_DRAWS = 100_000

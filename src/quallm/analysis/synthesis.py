@@ -17,12 +17,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from quallm.analysis.exact_tests import TestName, holm, two_by_k_test
-from quallm.codebook import Codebook
-from quallm.csvsafe import Cell, to_csv
-from quallm.errors import ConfigError, InputError
-from quallm.results import TranscriptResult
+from quallm.core.codebook import Codebook
+from quallm.core.csvsafe import Cell, to_csv
+from quallm.core.errors import ConfigError, InputError
+from quallm.core.results import TranscriptResult
 from quallm.run.opening import OpenRun, open_run
-from quallm.rundir import RunDir, atomic_write_text
+from quallm.run.rundir import RunDir, atomic_write_text
 
 SMALL_GROUP = 5  # a group with fewer transcripts than this makes a comparison descriptive only
 DEFAULT_MIN_GROUPS, DEFAULT_MAX_GROUPS = 2, 6

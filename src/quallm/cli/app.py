@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from quallm.errors import QuallmError
+from quallm.core.errors import QuallmError
+from quallm.ingest.transcripts import DEFAULT_MAX_FILE_MB
 from quallm.models.profile import REMOTE_CHUNK_TOKENS
-from quallm.runner import Progress as RunProgress
-from quallm.transcripts import DEFAULT_MAX_FILE_MB
+from quallm.run.runner import Progress as RunProgress
 
 app = typer.Typer(
     name="quallm",
@@ -97,7 +97,7 @@ MaxFileOpt = Annotated[
 
 
 def _input_options(follow_symlinks: bool, max_file_mb: float) -> Any:
-    from quallm.transcripts import InputOptions
+    from quallm.ingest.transcripts import InputOptions
 
     return InputOptions(follow_symlinks=follow_symlinks, max_file_mb=max_file_mb or None)
 
@@ -171,7 +171,7 @@ def _interruptible() -> Iterator[tuple[Progress, dict[str, bool]]]:
 
 def _price_of(model_name: str) -> Any:
     """The shipped price of a remote model, or None (then the progress bar shows tokens only)."""
-    from quallm.estimate import load_prices
+    from quallm.run.estimate import load_prices
 
     found = load_prices().lookup(model_name)
     return found[1] if found else None
@@ -314,16 +314,16 @@ def extract(
 
     Writes RUN_DIR/manifest.json, results/<transcript_id>.json, codings.csv, summaries.md and log.jsonl.
     """
-    from quallm.codebook import Codebook
-    from quallm.extract import ExtractOptions
-    from quallm.runner import run_extraction
+    from quallm.coding.extract import ExtractOptions
+    from quallm.ingest.codebooks import load_codebook
+    from quallm.run.runner import run_extraction
 
     if scoring not in ("tokens", "yesno"):
         _fail(f"--scoring must be tokens or yesno, not {scoring!r}")
     if strategy not in ("auto", "turn", "chunk"):
         _fail(f"--strategy must be auto, turn or chunk, not {strategy!r}")
     try:
-        cb = Codebook.load(codebook)
+        cb = load_codebook(codebook)
         built = _build(
             model, model_path, base_url, api_key_env, record, replay, azure_api_version, cache, not no_cache, rpm, tpm
         )
@@ -347,14 +347,14 @@ def extract(
             tuned["min_confidence"] = min_confidence
         options = options.model_copy(update=tuned)
         if calibration is not None:
-            from quallm.calibration.use import calibrated_options
+            from quallm.outputs.calibrated import calibrated_options
 
             options = calibrated_options(options, calibration, cb, chat, info)
         examples = None
         if examples_from is not None:
             if batch:
                 _fail("--examples-from does not work with --batch yet")
-            from quallm.calibration.examples import load_example_bank
+            from quallm.outputs.examples_from import load_example_bank
 
             examples = load_example_bank(
                 examples_from, transcripts, cb, coder=examples_coder, k=options.examples_k,
@@ -438,8 +438,8 @@ def _run_batch(
     input_options: Any = None,
 ) -> Any:
     """Submit or collect an OpenAI Batch API job; None while it is still pending."""
-    from quallm.batch_api import run_batch_extraction
     from quallm.models.openai_compat import OpenAICompatModel
+    from quallm.run.batch_api import run_batch_extraction
 
     if not isinstance(bare, OpenAICompatModel):
         raise QuallmError("--batch needs an OpenAI-compatible endpoint (--model NAME with a key or --base-url)")
@@ -485,15 +485,15 @@ def estimate(
     max_file_mb: MaxFileOpt = DEFAULT_MAX_FILE_MB,
 ) -> None:
     """Chunks, prompt and expected completion tokens, and cost of a job, without calling any model."""
-    from quallm.codebook import Codebook
-    from quallm.estimate import estimate as do_estimate
-    from quallm.extract import ExtractOptions
-    from quallm.transcripts import Transcript, gather_inputs, load_transcripts
+    from quallm.coding.extract import ExtractOptions
+    from quallm.ingest.codebooks import load_codebook
+    from quallm.ingest.transcripts import Transcript, gather_inputs, load_transcripts
+    from quallm.run.estimate import estimate as do_estimate
 
     if strategy not in ("turn", "chunk"):
         _fail(f"--strategy must be turn or chunk, not {strategy!r}")
     try:
-        cb = Codebook.load(codebook)
+        cb = load_codebook(codebook)
         loaded = []
         inputs = _input_options(follow_symlinks, max_file_mb)
         for w in gather_inputs(transcripts, inputs).warnings:
@@ -513,8 +513,8 @@ def estimate(
 
 def _embedder_or_none() -> Any:
     """The MiniLM embedder when onnxruntime and the model are installed, else None."""
-    from quallm.embeddings import MiniLMEmbedder, minilm_model_path
-    from quallm.errors import ModelNotAvailableError
+    from quallm.core.errors import ModelNotAvailableError
+    from quallm.models.embeddings import MiniLMEmbedder, minilm_model_path
 
     try:
         import onnxruntime  # noqa: F401
@@ -527,7 +527,7 @@ def _embedder_or_none() -> Any:
 
 def _codebook_warnings(cb: Any, path: Path) -> None:
     """The codebook checks, as warnings, before an extraction spends any token."""
-    from quallm.codebook_check import check_codebook
+    from quallm.coding.codebook_check import check_codebook
 
     for line in check_codebook(cb, embedder=_embedder_or_none()).warnings:
         console.print(f"[yellow]warning:[/yellow] {path}: {line}", highlight=False)
@@ -549,12 +549,12 @@ def codebook_check(
     """Check a codebook before spending tokens: near-duplicate definitions, empty definitions, notes naming
     codes that do not exist, and the size of the rendered codebook in tokens. Exit code 1 when it warns.
     """
-    from quallm.codebook import Codebook
-    from quallm.codebook_check import check_codebook
-    from quallm.tokenizers import encoding_for_model, tokenizer_for_model
+    from quallm.coding.codebook_check import check_codebook
+    from quallm.ingest.codebooks import load_codebook
+    from quallm.ingest.tokenizers import encoding_for_model, tokenizer_for_model
 
     try:
-        cb = Codebook.load(file)
+        cb = load_codebook(file)
     except QuallmError as exc:
         _fail(str(exc))
         return
@@ -587,11 +587,10 @@ def codebook_export(
     out: Annotated[Path, typer.Argument(help="Where to write: .qdc (REFI-QDA, validated), .csv or .yaml.")],
 ) -> None:
     """Write a codebook as a REFI-QDA .qdc (checked against the Codebook XSD), CSV or YAML."""
-    from quallm.codebook import Codebook
-    from quallm.exchange.codebooks import export_codebook
+    from quallm.ingest.codebooks import export_codebook, load_codebook
 
     try:
-        written = export_codebook(Codebook.load(file), out)
+        written = export_codebook(load_codebook(file), out)
     except QuallmError as exc:
         _fail(str(exc))
         return
@@ -607,7 +606,7 @@ def cache_stats(
     path: Annotated[Path | None, typer.Option("--cache", help="Cache file (default: the user cache dir's).")] = None,
 ) -> None:
     """Entries and size of the response cache."""
-    from quallm.cache import ResponseCache
+    from quallm.models.cache import ResponseCache
 
     try:
         out_console.print(ResponseCache(path, on_warning=_cache_warning).stats().model_dump_json(indent=2))
@@ -620,7 +619,7 @@ def cache_clear(
     path: Annotated[Path | None, typer.Option("--cache", help="Cache file (default: the user cache dir's).")] = None,
 ) -> None:
     """Delete every cached response."""
-    from quallm.cache import ResponseCache
+    from quallm.models.cache import ResponseCache
 
     try:
         c = ResponseCache(path, on_warning=_cache_warning, discard_corrupt=True)
@@ -636,7 +635,7 @@ def cache_clear(
 def _print_agreement(report: Any) -> None:
     from rich.table import Table
 
-    from quallm.agreement import format_estimate
+    from quallm.analysis.agreement import format_estimate
 
     table = Table(
         title=f"Agreement on {report.n_units} {report.unit} units, {report.n_transcripts} transcripts "
@@ -721,7 +720,7 @@ def reconcile(
     .qdpx is read only from its own members, within QUALLM_ARCHIVE_MAX_MEMBER_MB (default 64) per
     member and QUALLM_ARCHIVE_MAX_TOTAL_MB (default 256) in all.
     """
-    from quallm.reconciling import reconcile_files, reconcile_run
+    from quallm.analysis.reconciling import reconcile_files, reconcile_run
 
     if unit not in ("turn", "sentence", "transcript"):
         _fail(f"--unit must be turn, sentence or transcript, not {unit!r}")
@@ -815,7 +814,7 @@ def calibrate(
     per code: reliable, review, unreliable or insufficient. Writes RUN_DIR/calibration.json; apply it
     with 'quallm extract ... --calibration RUN_DIR/calibration.json'.
     """
-    from quallm.calibration.run import calibrate_run, suggest_transcripts, write_template
+    from quallm.outputs.calibrate import calibrate_run, suggest_transcripts, write_template
 
     if unit not in ("turn", "sentence", "transcript"):
         _fail(f"--unit must be turn, sentence or transcript, not {unit!r}")
@@ -853,7 +852,7 @@ def calibrate(
 def _print_calibration(cal: Any) -> None:
     from rich.table import Table
 
-    from quallm.agreement import format_estimate
+    from quallm.analysis.agreement import format_estimate
 
     table = Table(
         title=f"Calibration on {len(cal.transcripts)} human-coded transcripts ({cal.folds}, {cal.unit} units; "
@@ -888,9 +887,9 @@ CodebookOpt = Annotated[
 
 
 def _codebook_or_none(path: Path | None) -> Any:
-    from quallm.codebook import Codebook
+    from quallm.ingest.codebooks import load_codebook
 
-    return Codebook.load(path) if path else None
+    return load_codebook(path) if path else None
 
 
 @app.command()
@@ -959,9 +958,10 @@ def discover(
     Writes OUT/codebook.draft.yaml (the format extract reads), themes.md, themes.json,
     candidates/ (per transcript and run; kept for resume) and manifest.json.
     """
-    from quallm.codebook import parse_kinds
-    from quallm.discovery import DiscoverOptions, run_discovery
-    from quallm.embeddings import MiniLMEmbedder
+    from quallm.coding.discovery import DiscoverOptions
+    from quallm.core.codebook import parse_kinds
+    from quallm.models.embeddings import MiniLMEmbedder
+    from quallm.run.discovery import run_discovery
 
     if merge not in ("embedding", "embedding+model"):
         _fail(f"--merge must be embedding or embedding+model, not {merge!r}")
@@ -1104,7 +1104,7 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file (default: RUN_DIR/report.html).")] = None,
 ) -> None:
     """One self-contained HTML report: run, matrix, prevalence by group, quotes in context, agreement."""
-    from quallm.report import render_report
+    from quallm.outputs.report import render_report
 
     try:
         path = render_report(run_dir, out, by=by, codebook=_codebook_or_none(codebook))
@@ -1128,7 +1128,7 @@ def export(
     """Export a run: a .qdpx for NVivo, ATLAS.ti, MAXQDA or QualCoder (machine as one more coder), CSV or JSON."""
     try:
         if fmt == "qdpx":
-            from quallm.exchange.qdpx import export_run
+            from quallm.outputs.qdpx import export_run
 
             target = out or (run_dir / "project.qdpx")
             summary = export_run(run_dir, target, include_human=human)
@@ -1139,7 +1139,7 @@ def export(
             for line in summary.skipped:
                 _say("skipped:", "yellow", f"{line}")
         elif fmt in ("csv", "json"):
-            from quallm.exchange.tables import export_tables
+            from quallm.outputs.tables import export_tables
 
             paths = export_tables(run_dir, out or run_dir, fmt)
             out_console.print("Written: " + ", ".join(str(p) for p in paths))
@@ -1174,7 +1174,7 @@ def review(
     import webbrowser
 
     try:
-        from quallm.review.server import ReviewServer
+        from quallm.outputs.review.server import ReviewServer
     except ImportError as exc:  # pragma: no cover - starlette/uvicorn are in the main dependencies
         _fail(f"quallm review needs starlette and uvicorn ({exc})")
         return

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from quallm.errors import ModelNotAvailableError
+from quallm.core.errors import ModelNotAvailableError
 
 MODEL_DIR_ENV = "QUALLM_MODEL_DIR"
 _CHUNK = 8 * 1024 * 1024  # large reads keep hashing/copying near disk speed

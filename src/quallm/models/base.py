@@ -14,6 +14,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Usage is a shared value (results carry it), so it lives in the core; re-exported here for backends.
+from quallm.core.results import Usage
+
 
 class OutputMode(str, Enum):
     """How a backend is asked for structured output."""
@@ -75,15 +78,6 @@ class ChatRequest(BaseModel):
         return self.model_copy(update={"messages": messages})
 
 
-class Usage(BaseModel):
-    """Token counts of one completion."""
-
-    model_config = ConfigDict(frozen=True)
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
 class TokenLogprob(BaseModel):
     """One generated token: its text, its log probability, and the top alternatives at its position.
 
@@ -138,7 +132,7 @@ class ChatModel(Protocol):
         ...
 
     def complete(self, request: ChatRequest) -> Completion:
-        """Send one request; raise a :class:`~quallm.errors.ModelError` on failure."""
+        """Send one request; raise a :class:`~quallm.core.errors.ModelError` on failure."""
         ...
 
     def count_tokens(self, text: str) -> int:

@@ -47,10 +47,10 @@ class BuiltModel:
 
 def build_model(settings: ModelSettings, *, on_cache_warning: Callable[[str], None] | None = None) -> BuiltModel:
     """The chat model ``settings`` ask for, wrapped for limits, cache and record/replay."""
-    from quallm.cache import CachedModel, ResponseCache
+    from quallm.models.cache import CachedModel, ResponseCache
     from quallm.models.factory import build_chat_model
+    from quallm.models.recording import RecordingModel, ReplayModel
     from quallm.models.resolve import resolve_model
-    from quallm.recording import RecordingModel, ReplayModel
 
     if settings.replay is not None:
         rm = ReplayModel(settings.replay)

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from quallm.errors import ModelError, ModelNotAvailableError
+from quallm.core.errors import ModelError, ModelNotAvailableError
 from quallm.models.base import ChatRequest, Completion, OutputMode, TokenLogprob, Usage
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from urllib.parse import urlparse
 
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from quallm.errors import ConfigError, ModelError, NetworkDisabledError, TransportError
+from quallm.core.errors import ConfigError, ModelError, NetworkDisabledError, TransportError
+from quallm.core.redact import register_secret
+from quallm.ingest.tokenizers import tokenizer_for_model
 from quallm.models.base import ChatRequest, Completion, Message, OutputMode, TokenLogprob, Usage
-from quallm.redact import register_secret
-from quallm.tokenizers import tokenizer_for_model
 
 # Tests set this to False; a request then fails at once instead of reaching a server by accident.
 ALLOW_MODEL_REQUESTS = True

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from quallm.errors import ConfigError, ModelNotAvailableError
+from quallm.core.errors import ConfigError, ModelNotAvailableError
 from quallm.models.assemble import (
     BUILTIN_SPECS,
     PartFinder,

@@ -19,15 +19,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quallm.analysis.synthesis import CodeComparison, GroupSize, format_share, group_line, synthesise
-from quallm.codebook import Codebook, Kind, kind_sections
-from quallm.codings import Coding
-from quallm.errors import InputError, ModelError
+from quallm.coding.prompting import PromptTemplate, codebook_values, load_prompt
+from quallm.coding.reask import ask
+from quallm.core.codebook import Codebook, Kind, kind_sections
+from quallm.core.codings import Coding
+from quallm.core.errors import InputError, ModelError
+from quallm.core.results import Failure, points_from_old_layout
 from quallm.models.base import ChatModel, ChatRequest, Usage
-from quallm.prompting import PromptTemplate, codebook_values, load_prompt
-from quallm.reask import ask
-from quallm.results import Failure, points_from_old_layout
 from quallm.run.opening import OpenRun, open_run
-from quallm.rundir import RunDir, atomic_write_text, now_iso
+from quallm.run.rundir import RunDir, atomic_write_text, now_iso
 
 # --- study summary: what the model answers in -----------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The one batch skeleton: reading the inputs of a run, and a pool of workers with a single writer.
 
-Extraction (:func:`quallm.runner.run_extraction`), discovery (:func:`quallm.discovery.run_discovery`)
-and the Batch API path (:func:`quallm.batch_api.run_batch_extraction`) share it: a file that cannot
+Extraction (:func:`quallm.run.runner.run_extraction`), discovery (:func:`quallm.coding.discovery.run_discovery`)
+and the Batch API path (:func:`quallm.run.batch_api.run_batch_extraction`) share it: a file that cannot
 be read is one error line (logged, counted, in the manifest) and the batch goes on; warnings are
 logged once; results are written by the calling thread only.
 """
@@ -13,12 +13,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TypeVar
 
-from quallm.errors import InputError, QuallmError
-from quallm.hashing import sha256_file
+from quallm.core.errors import InputError, QuallmError
+from quallm.core.hashing import sha256_file
+from quallm.core.transcript import Transcript
+from quallm.ingest.transcripts import InputOptions, gather_inputs, load_transcript, nothing_to_code
 from quallm.run.manifest import InputEntry
-from quallm.rundir import RunDir
-from quallm.transcripts import InputOptions, gather_inputs, load_transcript, nothing_to_code
-from quallm.transcripts.model import Transcript
+from quallm.run.rundir import RunDir
 
 J = TypeVar("J")
 R = TypeVar("R")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import Required, TypedDict  # pydantic needs this TypedDict before Python 3.12
 
 from quallm import __version__
-from quallm.rundir import now_iso
+from quallm.run.rundir import now_iso
 
 
 class _Model(Protocol):

@@ -13,14 +13,15 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from quallm.codebook import Codebook
-from quallm.errors import ConfigError, InputError
-from quallm.hashing import sha256_file
-from quallm.results import TranscriptResult
+from quallm.core.codebook import Codebook
+from quallm.core.errors import ConfigError, InputError
+from quallm.core.hashing import sha256_file
+from quallm.core.results import TranscriptResult
+from quallm.core.transcript import Transcript
+from quallm.ingest.codebooks import load_codebook
+from quallm.ingest.transcripts import load_metadata, load_transcript
 from quallm.run.manifest import Manifest
-from quallm.rundir import RunDir
-from quallm.transcripts import load_metadata, load_transcript
-from quallm.transcripts.model import Transcript
+from quallm.run.rundir import RunDir
 
 
 def read_manifest(path: str | Path) -> Manifest | None:
@@ -118,7 +119,7 @@ class OpenRun:
                     f"{self.path}: the run's codebook file {raw!r} was not found (as given, nor from the run "
                     "directory or a folder above it); pass the codebook explicitly (--codebook)"
                 )
-            given = Codebook.load(path)
+            given = load_codebook(path)
         if info and info.hash and info.hash != given.hash:
             notes.append(
                 "The codebook given differs from the one the run used (hash mismatch): labels may have changed."

@@ -1,0 +1,1 @@
+"""Ingest: readers of transcripts, codebooks and human coding files (CSV, REFI-QDA), and chunking."""
