@@ -311,6 +311,19 @@ def extract(
             "answered are re-split without a model call.",
         ),
     ] = None,
+    examples_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--examples-from",
+            help="Human coding (CSV or .qdpx, as for 'calibrate --human') of some of the input transcripts: "
+            "each answer is shown the most similar human-coded answers (MiniLM) with their codes, or 'none', "
+            "as worked examples, never one of its own transcript. Turn strategy.",
+        ),
+    ] = None,
+    examples_coder: Annotated[
+        str | None,
+        typer.Option("--examples-coder", help="With --examples-from: the coder, when the file holds several."),
+    ] = None,
     follow_symlinks: FollowLinksOpt = False,
     max_file_mb: MaxFileOpt = DEFAULT_MAX_FILE_MB,
 ) -> None:
@@ -354,6 +367,20 @@ def extract(
             from quallm.outputs.calibrated import calibrated_options
 
             options = calibrated_options(options, calibration, cb, chat, info)
+        examples = None
+        if examples_from is not None:
+            if batch:
+                _fail("--examples-from does not work with --batch yet")
+            from quallm.outputs.examples_from import load_example_bank
+
+            examples = load_example_bank(
+                examples_from, transcripts, cb, coder=examples_coder, k=options.examples_k,
+                speakers=frozenset(options.coded_speakers) or None,
+                input_options=_input_options(follow_symlinks, max_file_mb),
+            )
+            options = options.model_copy(update={"examples_sha256": examples.sha256, "examples_coder": examples_coder})
+            for line in examples.problems:
+                _say("problem:", "yellow", line)
     except QuallmError as exc:
         _fail(str(exc))
         return
@@ -391,6 +418,7 @@ def extract(
                 should_stop=lambda: stop["flag"],
                 input_options=_input_options(follow_symlinks, max_file_mb),
                 calibration_path=calibration,
+                examples=examples,
             )
     for line in report.errors:
         _say("error:", "red", f"{line}")

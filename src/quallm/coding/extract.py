@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from quallm.coding.confidence import code_probabilities
+from quallm.coding.examples import ExampleBank, render_examples
 from quallm.coding.fencing import fence
 from quallm.coding.prompting import PromptTemplate, codebook_values, load_prompt, render_code, render_codebook
 from quallm.coding.reask import ask
@@ -35,13 +36,13 @@ from quallm.coding.summarise import summarise
 from quallm.coding.thresholds import is_reported, mark_review
 from quallm.core.codebook import Codebook
 from quallm.core.codings import Coding
-from quallm.core.errors import ModelError, TruncatedOutputError
+from quallm.core.errors import ConfigError, ModelError, TruncatedOutputError
 from quallm.core.results import Failure, TranscriptResult, Ungrounded
 from quallm.core.spans import align_quote, evidence_span, sentence_spans
 from quallm.core.transcript import Transcript
 from quallm.ingest.chunking import Chunk, Segment, chunk_transcript
 from quallm.ingest.tokenizers import CallableTokenizer
-from quallm.models.base import ChatModel, ChatRequest, Completion, Usage
+from quallm.models.base import ChatModel, ChatRequest, Completion, Message, Usage
 from quallm.models.profile import profile_of
 
 Strategy = Literal["auto", "turn", "chunk"]
@@ -75,6 +76,11 @@ class ExtractOptions(BaseModel):
     code_thresholds: dict[str, float] = Field(default_factory=dict)
     review_codes: tuple[str, ...] = ()
     calibration_sha256: str | None = None
+    # Worked examples (--examples-from): the human coding file's sha256, its coder, and how many of the
+    # most similar human-coded units each turn request shows (turn strategy; see calibration.examples).
+    examples_sha256: str | None = None
+    examples_coder: str | None = None
+    examples_k: int = 3
     max_codings_per_chunk: int = 40
     max_reasks: int = 2
     temperature: float = 0.0
@@ -143,6 +149,9 @@ def fingerprint(
     for name in ("code_thresholds", "review_codes", "calibration_sha256"):
         if not opts.get(name, True):  # absent when not calibrated, so earlier runs keep their fingerprints
             del opts[name]
+    if options.examples_sha256 is None:  # likewise without worked examples
+        for name in ("examples_sha256", "examples_coder", "examples_k"):
+            opts.pop(name, None)
     prompts = {n: load_prompt(n).hash for n in ("code_turn", "code_chunk", "summary", "verify_turn")}
     blob = json.dumps(
         {
@@ -201,11 +210,23 @@ def _coder_name(model: ChatModel) -> str:
 class Extractor:
     """Codes transcripts with one model and one codebook; reusable across a batch."""
 
-    def __init__(self, model: ChatModel, codebook: Codebook, options: ExtractOptions | None = None) -> None:
+    def __init__(
+        self,
+        model: ChatModel,
+        codebook: Codebook,
+        options: ExtractOptions | None = None,
+        examples: ExampleBank | None = None,
+    ) -> None:
         self.model = model
         self.codebook = codebook
         self.options = options or ExtractOptions()
         self.strategy = resolve_strategy(self.options, model)
+        # The bank and the file hash travel together: the fingerprint must say when examples were shown.
+        if (examples is None) != (self.options.examples_sha256 is None):
+            raise ConfigError("worked examples need both the example bank and ExtractOptions.examples_sha256")
+        if examples is not None and self.strategy != "turn":
+            raise ConfigError("worked examples (--examples-from) need the turn strategy")
+        self.examples = examples
         self.tokenizer = CallableTokenizer(model.count_tokens)
         self._turn_prompt = load_prompt("code_turn")
         self._verify_prompt = load_prompt("verify_turn")
@@ -258,12 +279,26 @@ class Extractor:
             "answer": numbered,
         }
 
+    def _examples_block(self, transcript: Transcript, seg: Segment) -> str:
+        """The worked examples for a segment ("" without --examples-from); never from its own transcript."""
+        if self.examples is None:
+            return ""
+        return render_examples(self.examples.examples_for(transcript.id, seg.text))
+
     def turn_request(self, transcript: Transcript, seg: Segment) -> ChatRequest:
-        """The per-unit request for one coded segment, its sentences numbered."""
+        """The per-unit request for one coded segment, its sentences numbered.
+
+        Worked examples, if any, start the user message: the system message stays the same for every
+        unit, so a local model keeps reusing its KV cache for the codebook.
+        """
         n_sentences = len(sentence_spans(seg.text, seg.start))
         cap = codes_allowed(self.options.max_codes_per_unit, len(seg.text.split()))
         schema = turn_schema(self.codebook.ids, cap, n_sentences)
         req = self._request(self._turn_prompt, schema, "turn_codes", **self._turn_values(transcript, seg))
+        block = self._examples_block(transcript, seg)
+        if block:
+            system, user = req.messages
+            req = req.model_copy(update={"messages": (system, Message(role="user", content=block + user.content))})
         return req.model_copy(update={"logprobs": self._wants_token_probs})
 
     def verify_request(self, transcript: Transcript, seg: Segment, code_id: str) -> ChatRequest:
@@ -275,6 +310,7 @@ class Extractor:
         """
         values = self._turn_values(transcript, seg)
         system, user = self._turn_prompt.render(**values)
+        user = self._examples_block(transcript, seg) + user
         code = self.codebook.get(code_id)
         assert code is not None
         req = self._verify_prompt.request(

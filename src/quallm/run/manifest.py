@@ -80,6 +80,7 @@ class Manifest(_Open):
     codebook: CodebookFacts | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     calibration: dict[str, Any] | None = None
+    examples: dict[str, Any] | None = None  # extract --examples-from: the file, its sha256, k, units
     metadata_file: str | None = None
     inputs: list[InputEntry] = Field(default_factory=list)
     counts: dict[str, int] = Field(default_factory=dict)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quallm.coding.examples import LoadedExamples
 from quallm.coding.extract import ExtractOptions, Extractor, fingerprint, plan_packs, proposals_fingerprint
 from quallm.coding.prompting import load_prompt
 from quallm.coding.thresholds import repartition
@@ -71,6 +72,7 @@ def run_extraction(
     should_stop: Callable[[], bool] | None = None,
     input_options: InputOptions | None = None,
     calibration_path: str | Path | None = None,
+    examples: LoadedExamples | None = None,
 ) -> RunReport:
     """Code every transcript in ``inputs`` into the run directory ``out``.
 
@@ -92,6 +94,7 @@ def run_extraction(
             should_stop=should_stop,
             input_options=input_options,
             calibration_path=calibration_path,
+            examples=examples,
         )
 
 
@@ -109,6 +112,7 @@ def _run_extraction(
     should_stop: Callable[[], bool] | None,
     input_options: InputOptions | None,
     calibration_path: str | Path | None,
+    examples: LoadedExamples | None,
 ) -> RunReport:
     opts = options or ExtractOptions()
     prog = progress or Progress()
@@ -116,7 +120,10 @@ def _run_extraction(
     run.prepare()
     report = RunReport(out=run.path)
     metadata = load_metadata(metadata_path) if metadata_path else {}
-    extractor = Extractor(LimitedModel(model, opts.concurrency) if opts.concurrency > 1 else model, codebook, opts)
+    extractor = Extractor(
+        LimitedModel(model, opts.concurrency) if opts.concurrency > 1 else model, codebook, opts,
+        examples.bank if examples else None,
+    )
     batch = BatchInputs(run, inputs, input_options, on_refused=lambda: prog.transcript_done(None))
     manifest = Manifest.begin(
         model,
@@ -138,6 +145,8 @@ def _run_extraction(
         ),
         metadata_file=str(metadata_path) if metadata_path else None,
     )
+    if examples:  # set only with examples (unset fields are not written): other manifests stay as they were
+        manifest.examples = examples.manifest_record()
     run.write_manifest(manifest.dumps())
     prog.start(batch.total)
     batch.report_gathered()
