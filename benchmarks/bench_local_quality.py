@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--model", default="local")
     ap.add_argument("--model-path", default=None)
     ap.add_argument("--strategy", default="turn", choices=["turn", "chunk"])
+    ap.add_argument("--none-code", action=argparse.BooleanOptionalAction, default=None,
+                    help="offer an explicit 'none' choice (default: the library's)")
     ap.add_argument("--max-codes", default=None, help="codes an answer may get: N or auto (default: the library's)")
     ap.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                     help="yes/no verification of each proposal (default: the library's)")
@@ -161,6 +163,8 @@ def main() -> None:
     opts: dict[str, Any] = {"strategy": args.strategy, "summary": args.summary}
     if args.max_codes is not None:
         opts["max_codes_per_unit"] = args.max_codes if args.max_codes == "auto" else int(args.max_codes)
+    if args.none_code is not None:
+        opts["none_code"] = args.none_code
     if args.verify is not None and "verify" in fields:
         opts["verify"] = args.verify
     if args.scoring is not None:

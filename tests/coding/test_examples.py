@@ -158,8 +158,9 @@ def test_bank_and_hash_go_together() -> None:
 
 
 def test_cli_extract_with_examples_records_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import quallm.models.embeddings
     import tests.conftest as conftest
+
+    import quallm.models.embeddings
 
     monkeypatch.setattr(quallm.models.embeddings, "MiniLMEmbedder", WordsEmbedder)
     monkeypatch.setattr(conftest, "KEYWORDS", {"C02_funding": ["budget", "funding"], "E04_early_help": ["early help"]})

@@ -255,6 +255,14 @@ def extract(
     ] = True,
     concurrency: ConcurrencyOpt = 4,
     summary: Annotated[bool, typer.Option("--summary/--no-summary", help="Write a per-transcript summary.")] = True,
+    none_code: Annotated[
+        bool | None,
+        typer.Option(
+            "--none-code/--no-none-code",
+            help="Turn strategy: offer the model an explicit first choice 'none' besides the codebook's codes "
+            "(default: see README 'Evaluation').",
+        ),
+    ] = None,
     max_codes: Annotated[
         str | None,
         typer.Option(
@@ -358,6 +366,8 @@ def extract(
             scoring=scoring,  # type: ignore[arg-type]
         )
         tuned: dict[str, Any] = {}
+        if none_code is not None:
+            tuned["none_code"] = none_code
         if max_codes is not None:
             tuned["max_codes_per_unit"] = _max_codes(max_codes)
         if min_confidence is not None:

@@ -63,6 +63,11 @@ class ExtractOptions(BaseModel):
     # Codes one answer may get: a number, or "auto" (2 up to LONG_ANSWER_WORDS words, one more for
     # each further 100 words, at most 5; see codes_allowed). Measured in README "Evaluation".
     max_codes_per_unit: int | Literal["auto"] = 2
+    # Turn strategy: offer the model an explicit first choice "none" (listed before the codebook's codes
+    # and first in the schema's enum). The 1.5B model named the codebook's first code for small talk
+    # when its only way out was an empty list; a "none" answer is dropped, and its probability is
+    # part of what every code's probability is renormalised over. Measured in README "Evaluation".
+    none_code: bool = False
     # Each proposed coding is checked by a yes/no question with the code's definition and notes; the
     # probability of "yes" (the model's own token probability) becomes Coding.probability, and codings
     # below min_confidence are kept as candidates instead of reported. See README "Evaluation".
@@ -96,6 +101,14 @@ class ExtractOptions(BaseModel):
 LONG_ANSWER_WORDS = 180
 _ORDINARY_GUIDANCE = "Most answers get 0 or 1 code, some 2; never more than {n}."
 _LONG_GUIDANCE = "This answer is long: give every code it clearly raises, at most {n}, each with its own sentence."
+
+
+#: The explicit "nothing applies" choice of ``ExtractOptions.none_code`` (never a coding).
+NONE_CODE = "none"
+NONE_LINE = (
+    '- none: no code of this codebook clearly applies (small talk, thanks, consent, a job title, a request to '
+    "repeat, a topic only named, denied, or ruled out by a code's \"not when\" note)"
+)
 
 
 def codes_allowed(setting: int | Literal["auto"], n_words: int) -> int:
@@ -233,6 +246,13 @@ class Extractor:
         self._no_probabilities = False
         self._chunk_prompt = load_prompt("code_chunk")
         self._codebook_text = render_codebook(codebook)
+        none = self.options.none_code
+        if none and NONE_CODE in codebook.all_ids:
+            raise ConfigError(f"the codebook has a code with the id {NONE_CODE!r}; rename it to use the none choice")
+        if none:
+            self._codebook_text = NONE_LINE + "\n" + self._codebook_text
+        # The ids a turn answer may name: "none" first when offered (the position a small model favours).
+        self._answer_ids = [NONE_CODE, *codebook.ids] if none else list(codebook.ids)
         self._kind_values = codebook_values(codebook)
         self.coder = _coder_name(model)
         # The chunks of the last few transcripts: the progress display, packing and coding of one
@@ -293,7 +313,7 @@ class Extractor:
         """
         n_sentences = len(sentence_spans(seg.text, seg.start))
         cap = codes_allowed(self.options.max_codes_per_unit, len(seg.text.split()))
-        schema = turn_schema(self.codebook.ids, cap, n_sentences)
+        schema = turn_schema(self._answer_ids, cap, n_sentences)
         req = self._request(self._turn_prompt, schema, "turn_codes", **self._turn_values(transcript, seg))
         block = self._examples_block(transcript, seg)
         if block:
@@ -427,7 +447,7 @@ class Extractor:
 
     def code_turn(self, transcript: Transcript, seg: Segment) -> _UnitOutcome:
         """Classify one unit; each code's evidence is the numbered sentence the model chose."""
-        valid = set(self.codebook.ids)
+        valid = set(self._answer_ids)
         sentences = sentence_spans(seg.text, seg.start)
         cap = codes_allowed(self.options.max_codes_per_unit, len(seg.text.split()))
 
@@ -454,7 +474,7 @@ class Extractor:
         lost: list[Ungrounded] = []  # sentence evidence cannot be ungrounded; kept for one outcome type
         seen: set[str] = set()
         for c, prob in zip(ans.codes, token_probs, strict=True):
-            if c.code_id in seen:
+            if c.code_id in seen or c.code_id == NONE_CODE:
                 continue
             seen.add(c.code_id)
             a, b = evidence_span(seg.text, sentences, c.sentence - 1, seg.start)
@@ -508,7 +528,7 @@ class Extractor:
         """Each answered coding's probability from the answer's own tokens (None where unreadable)."""
         if not self._wants_token_probs:
             return [None] * n
-        read = code_probabilities(completion.content, completion.tokens, self.codebook.ids)
+        read = code_probabilities(completion.content, completion.tokens, self._answer_ids)
         return read if len(read) == n else [None] * n
 
     def _split(self, codings: list[Coding]) -> tuple[list[Coding], list[Coding]]:
