@@ -231,3 +231,37 @@ def test_max_codes_auto_grows_with_long_answers_only() -> None:
     )
     n, text = codes_guidance("auto", 300)
     assert n == 4 and "at most 4" in text and "Most answers" not in text
+
+
+def test_none_code_is_offered_first_and_never_reported(sample_txt: Path, tiny_codebook_yaml: Path) -> None:
+    t = load_transcript(sample_txt)
+    cb = Codebook.load(tiny_codebook_yaml)
+    seen: list[ChatRequest] = []
+
+    def answer(r: ChatRequest) -> str:
+        seen.append(r)
+        # "none" on every answer, plus a real code where the keyword coder finds one.
+        real = json.loads(keyword_answer(list(r.messages)))["codes"]
+        return json.dumps({"codes": [{"code_id": "none", "sentence": 1}, *real][:2]})
+
+    result = extract(t, cb, FakeModel(answer), ExtractOptions(strategy="turn", none_code=True, summary=False))
+    assert result.complete and result.codings and all(c.code_id != "none" for c in result.codings)
+    turn = next(r for r in seen if r.schema_name == "turn_codes")
+    assert turn.json_schema is not None
+    enum = turn.json_schema["properties"]["codes"]["items"]["properties"]["code_id"]["enum"]
+    assert enum[0] == "none" and enum[1:] == cb.ids
+    assert "- none: no code of this codebook clearly applies" in turn.messages[0].content
+    # Off, the request carries no trace of it.
+    plain = Extractor(FakeModel(answer), cb, ExtractOptions(strategy="turn", none_code=False))
+    seg = next(s for s in plain.chunks(t)[0].coded_segments)
+    assert "- none:" not in plain.turn_request(t, seg).messages[0].content
+
+
+def test_none_code_refused_when_the_codebook_has_a_code_named_none(tmp_path: Path) -> None:
+    from quallm.core.errors import ConfigError
+
+    cb = Codebook.from_data(
+        {"name": "x", "codes": [{"id": "none", "kind": "challenge", "label": "None", "definition": "d"}]}
+    )
+    with pytest.raises(ConfigError, match="'none'"):
+        Extractor(FakeModel(), cb, ExtractOptions(strategy="turn", none_code=True))
