@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--model", default="local")
     ap.add_argument("--model-path", default=None)
     ap.add_argument("--strategy", default="turn", choices=["turn", "chunk"])
+    ap.add_argument("--min-words", type=int, default=None, help="answers of fewer words are not coded")
     ap.add_argument("--none-code", action=argparse.BooleanOptionalAction, default=None,
                     help="offer an explicit 'none' choice (default: the library's)")
     ap.add_argument("--max-codes", default=None, help="codes an answer may get: N or auto (default: the library's)")
@@ -165,6 +166,8 @@ def main() -> None:
         opts["max_codes_per_unit"] = args.max_codes if args.max_codes == "auto" else int(args.max_codes)
     if args.none_code is not None:
         opts["none_code"] = args.none_code
+    if args.min_words is not None:
+        opts["min_unit_words"] = args.min_words
     if args.verify is not None and "verify" in fields:
         opts["verify"] = args.verify
     if args.scoring is not None:

@@ -265,3 +265,29 @@ def test_none_code_refused_when_the_codebook_has_a_code_named_none(tmp_path: Pat
     )
     with pytest.raises(ConfigError, match="'none'"):
         Extractor(FakeModel(), cb, ExtractOptions(strategy="turn", none_code=True))
+
+
+def test_answers_under_min_unit_words_are_not_sent(tmp_path: Path, tiny_codebook_yaml: Path) -> None:
+    p = tmp_path / "t.txt"
+    p.write_text(
+        "Interviewer: Is it all right if I record this?\n\nRespondent: Yes, that's fine, go ahead.\n\n"
+        "Interviewer: What has been hardest?\n\nRespondent: Honestly the budget is the big thing for us. "
+        "We lost a lot of funding over ten years.\n",
+        encoding="utf-8",
+    )
+    t = load_transcript(p)
+    cb = Codebook.load(tiny_codebook_yaml)
+    seen: list[ChatRequest] = []
+
+    def answer(r: ChatRequest) -> str:
+        seen.append(r)
+        return keyword_answer(list(r.messages))
+
+    result = extract(t, cb, FakeModel(answer), ExtractOptions(strategy="turn", summary=False))
+    sent = [r.messages[1].content for r in seen]
+    assert len(sent) == 1 and "budget" in sent[0] and result.n_coded_units == 1
+    assert [c.code_id for c in result.codings] == ["C_money"]
+    # With the minimum at 1 the consent answer is sent too.
+    seen.clear()
+    extract(t, cb, FakeModel(answer), ExtractOptions(strategy="turn", summary=False, min_unit_words=1))
+    assert len(seen) == 2

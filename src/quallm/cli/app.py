@@ -255,6 +255,15 @@ def extract(
     ] = True,
     concurrency: ConcurrencyOpt = 4,
     summary: Annotated[bool, typer.Option("--summary/--no-summary", help="Write a per-transcript summary.")] = True,
+    min_words: Annotated[
+        int | None,
+        typer.Option(
+            "--min-words",
+            min=1,
+            help="Turn strategy: answers of fewer words (consent, thanks, 'Pleasure.') are not coded "
+            "(default 8; 1 codes every answer).",
+        ),
+    ] = None,
     none_code: Annotated[
         bool | None,
         typer.Option(
@@ -368,6 +377,8 @@ def extract(
         tuned: dict[str, Any] = {}
         if none_code is not None:
             tuned["none_code"] = none_code
+        if min_words is not None:
+            tuned["min_unit_words"] = min_words
         if max_codes is not None:
             tuned["max_codes_per_unit"] = _max_codes(max_codes)
         if min_confidence is not None:
