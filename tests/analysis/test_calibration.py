@@ -21,7 +21,7 @@ from quallm.outputs.calibrate import calibrate_run, suggest_transcripts, write_t
 def test_fit_threshold_maximises_kappa_between_probabilities() -> None:
     y = np.array([True, True, False, False, False])
     s = np.array([0.3, 0.25, 0.1, -np.inf, 0.05])
-    t = maths.fit_threshold(y, s, 0.5)
+    t = maths.fit_threshold(y, s, 0.5, min_positives=1)
     # Any threshold in (0.1, 0.25] separates perfectly; 0.5 is outside it, so the interval's midpoint.
     assert t == pytest.approx(0.175)
     assert maths._kappa(y, s >= t) == pytest.approx(1.0)
@@ -42,7 +42,21 @@ def test_folds_are_leave_one_out_then_k_fold() -> None:
     assert maths.folds(1) == []
 
 
-def test_out_of_fold_thresholds_never_see_the_held_out_transcript() -> None:
+def test_fit_threshold_needs_positives_and_a_real_gain() -> None:
+    y = np.array([True, True, False, False, False])
+    s = np.array([0.3, 0.25, 0.1, -np.inf, 0.05])
+    # Two human positives are too few by default: the default threshold stands.
+    assert maths.fit_threshold(y, s, 0.5) == 0.5
+    # With three, the perfect separation is a real gain over the default (which marks nothing).
+    y3, s3 = np.append(y, True), np.append(s, 0.28)
+    assert maths.fit_threshold(y3, s3, 0.5) == pytest.approx(0.175)
+    # A gain smaller than min_gain keeps the default.
+    assert maths.fit_threshold(y3, s3, 0.5, min_gain=2.0) == 0.5
+
+
+def test_out_of_fold_thresholds_never_see_the_held_out_transcript(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(maths, "MIN_FIT_POSITIVES", 1)
+    monkeypatch.setattr(maths, "MIN_GAIN", 0.0)
     # Transcript 0 alone would want a threshold of 0.9; transcripts 1 and 2 want about 0.3.
     t_of_unit = np.array([0, 0, 1, 1, 2, 2])
     y = np.array([[True], [False], [True], [False], [True], [False]])

@@ -57,23 +57,38 @@ def _kappa(y: BoolArray, pred: BoolArray) -> float:
     return float(k)
 
 
-def fit_threshold(y: BoolArray, s: FloatArray, default: float) -> float:
+#: A code's threshold leaves the default only with this many human positives in the fitting data and a
+#: kappa gain of at least MIN_GAIN there. Unregularised, per-code thresholds fitted on 2-4 transcripts
+#: lowered held-out kappa on every set but the demo (synth-la -0.06, dev-la -0.04; README "Calibrate").
+MIN_FIT_POSITIVES = 3
+MIN_GAIN = 0.05
+
+
+def fit_threshold(
+    y: BoolArray, s: FloatArray, default: float, min_positives: int | None = None, min_gain: float | None = None
+) -> float:
     """The threshold on one code's scores that maximises Cohen's kappa with ``y``.
 
     Kappa is a step function of the threshold, constant between consecutive proposal probabilities, so
     each interval is one candidate. Among equally good intervals the one nearest ``default`` wins, and
     within it ``default`` itself if it lies there, else the interval's midpoint (never a probability
     seen in training, which would make the choice hinge on that one unit). Without proposals with a
-    probability, without human positives, or where kappa is undefined for every choice, ``default`` stands.
+    probability, with fewer than ``min_positives`` human positives, where the best kappa beats the
+    default's by less than ``min_gain``, or where kappa is undefined for every choice, ``default`` stands.
     """
+    min_positives = MIN_FIT_POSITIVES if min_positives is None else min_positives
+    min_gain = MIN_GAIN if min_gain is None else min_gain
     u = np.unique(s[np.isfinite(s)])
-    if u.size == 0 or not y.any():  # nothing to learn from: no probabilities, or no human positives
+    if u.size == 0 or int(y.sum()) < max(1, min_positives):  # too little to learn from
         return default
     lows = np.concatenate([[0.0], u])  # interval k: thresholds in (lows[k], highs[k]] keep s >= highs[k]
     highs = np.concatenate([u, [1.0]])
     kappas = np.array([_kappa(y, s >= (u[k] if k < u.size else np.inf)) for k in range(u.size + 1)])
     if not np.isfinite(kappas).any():
         return default
+    at_default = _kappa(y, s >= default)
+    if np.isfinite(at_default) and np.nanmax(kappas) < at_default + min_gain:
+        return default  # the gain would rest on a unit or two: keep the default
     best = np.flatnonzero(kappas >= np.nanmax(kappas) - 1e-12)
     lo, hi = lows[best], highs[best]
     inside = (lo < default) & (default <= hi)
