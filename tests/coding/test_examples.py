@@ -137,10 +137,10 @@ def test_without_examples_requests_and_fingerprints_are_as_before() -> None:
     t = load_transcript(DEMO / "la01_northshire.txt")
     cb = Codebook.load(DEMO / "codebook.yaml")
     m = FakeModel()
-    # Pinned (re-pinned when the summary prompt and the none and max-codes options changed the options):
+    # Pinned (re-pinned when the summary prompt and the none, max-codes and min-words options came):
     # the examples options add nothing to the fingerprint when unused.
-    assert fingerprint(t, cb, m, ExtractOptions()) == "54fd1e0effb5fb1376200ce71bbec52c"
-    assert proposals_fingerprint(t, cb, m, ExtractOptions(min_confidence=0)) == "3d4f366a553129739eed9f92cb507b3c"
+    assert fingerprint(t, cb, m, ExtractOptions()) == "e8a0f7e260ba8c936a50d48c0e1855b8"
+    assert proposals_fingerprint(t, cb, m, ExtractOptions(min_confidence=0)) == "4d763b844b050c42de29987cdb328aaf"
     with_ex = ExtractOptions(examples_sha256="ab" * 32)
     assert fingerprint(t, cb, m, with_ex) != fingerprint(t, cb, m, ExtractOptions())
     assert proposals_fingerprint(t, cb, m, with_ex) != proposals_fingerprint(t, cb, m, ExtractOptions())
