@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quallm.analysis.calibration.model import PROMPTS_THAT_SCORE, Validity, check_applicable, read_calibration
+from quallm.analysis.calibration.model import (
+    PROMPTS_THAT_SCORE,
+    Validity,
+    check_applicable,
+    proposal_options,
+    read_calibration,
+)
 from quallm.coding.extract import ExtractOptions, resolve_strategy
 from quallm.coding.prompting import load_prompt
 from quallm.core.codebook import Codebook
@@ -23,6 +29,7 @@ def extraction_validity(
                "sha256": str(info["sha256"]) if info.get("sha256") else None},
         prompts={n: load_prompt(n).hash for n in PROMPTS_THAT_SCORE},
         strategy=resolve_strategy(options, model),
+        proposals=proposal_options(options),
     )
 
 

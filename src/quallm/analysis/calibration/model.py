@@ -27,6 +27,9 @@ class Validity(BaseModel):
     model: dict[str, str | None]
     prompts: dict[str, str]
     strategy: str | None
+    # Options that change which proposals exist (worked examples, the none choice, codes per answer,
+    # the shortest answer coded); a key missing on either side (files written before) is not compared.
+    proposals: dict[str, str | None] = Field(default_factory=dict)
 
     def differences(self, other: Validity) -> list[str]:
         """What differs between this calibration's validity and ``other`` (a run or an extraction)."""
@@ -42,6 +45,9 @@ class Validity(BaseModel):
                 out.append(f"prompt {name} (calibrated on {_short(h)}, now {_short(other.prompts[name])})")
         if self.strategy and other.strategy and self.strategy != other.strategy:
             out.append(f"strategy (calibrated on {self.strategy}, now {other.strategy})")
+        for key, mine in self.proposals.items():
+            if key in other.proposals and other.proposals[key] != mine:
+                out.append(f"option {key} (calibrated on {_short(mine)}, now {_short(other.proposals[key])})")
         return out
 
 
@@ -110,7 +116,22 @@ def validity_from_manifest(manifest: dict[str, Any]) -> Validity:
         model={k: (str(model[k]) if model.get(k) is not None else None) for k in ("name", "endpoint", "sha256")},
         prompts={k: v for k, v in (manifest.get("prompts") or {}).items() if k in PROMPTS_THAT_SCORE},
         strategy=manifest.get("strategy"),
+        proposals=proposal_options(manifest.get("parameters") or {}),
     )
+
+
+#: The ExtractOptions fields that decide which proposals a run makes (see Validity.proposals).
+PROPOSAL_OPTIONS = ("examples_sha256", "none_code", "max_codes_per_unit", "min_unit_words")
+
+
+def proposal_options(params: Any) -> dict[str, str | None]:
+    """The proposal-shaping options, as strings: from a manifest's parameters (a dict: only the keys it
+    has, so a run written before keeps comparing) or from an ``ExtractOptions``."""
+    if isinstance(params, dict):
+        found = {k: params[k] for k in PROPOSAL_OPTIONS if k in params}
+    else:
+        found = {k: getattr(params, k) for k in PROPOSAL_OPTIONS if hasattr(params, k)}
+    return {k: None if v is None else str(v) for k, v in found.items()}
 
 
 def write_calibration(cal: Calibration, path: str | Path) -> Path:
