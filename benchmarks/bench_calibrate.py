@@ -98,6 +98,15 @@ def _calibrate(run: Path, human: Path, ids: set[str], coder: str | None, tmp: Pa
     return calibrate_run(run, [sample], coder=coder, n_boot=n_boot, out=tmp / "calibration.json").calibration
 
 
+def _load(run: Path, human: Path, coder: str | None) -> tuple[RunInputs, list[Coding], list[str]]:
+    """The run, the human codings (of ``coder`` when given) and the coded transcripts that are in the run."""
+    inputs = load_run(run)
+    codings, _ = load_coding_file(human, inputs.transcripts, inputs.codebook)
+    if coder is not None:
+        codings = [c for c in codings if c.coder == coder]
+    return inputs, codings, sorted({c.transcript_id for c in codings} & {t.id for t in inputs.transcripts})
+
+
 def simulate(
     run: Path,
     human: Path,
@@ -109,11 +118,7 @@ def simulate(
     add: int = 2,
 ) -> list[dict[str, Any]]:
     """One row per sample size (see the module docstring)."""
-    inputs = load_run(run)
-    codings, _ = load_coding_file(human, inputs.transcripts, inputs.codebook)
-    if coder is not None:
-        codings = [c for c in codings if c.coder == coder]
-    coded = sorted({c.transcript_id for c in codings} & {t.id for t in inputs.transcripts})
+    inputs, codings, coded = _load(run, human, coder)
     rng = random.Random(seed)
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -198,11 +203,7 @@ def simulate_examples(
     n_boot: int = 200,
 ) -> list[dict[str, Any]]:
     """Per k and draw: held-out kappa of default, calibrated and worked examples on the same held-out set."""
-    inputs = load_run(run)
-    codings, _ = load_coding_file(human, inputs.transcripts, inputs.codebook)
-    if coder is not None:
-        codings = [c for c in codings if c.coder == coder]
-    coded = sorted({c.transcript_id for c in codings} & {t.id for t in inputs.transcripts})
+    inputs, codings, coded = _load(run, human, coder)
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -29,7 +29,7 @@ def extraction_validity(
                "sha256": str(info["sha256"]) if info.get("sha256") else None},
         prompts={n: load_prompt(n).hash for n in PROMPTS_THAT_SCORE},
         strategy=resolve_strategy(options, model),
-        proposals=proposal_options(options),
+        proposals=proposal_options(options.model_dump(mode="json")),
     )
 
 

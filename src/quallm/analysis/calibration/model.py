@@ -124,13 +124,10 @@ def validity_from_manifest(manifest: dict[str, Any]) -> Validity:
 PROPOSAL_OPTIONS = ("examples_sha256", "none_code", "max_codes_per_unit", "min_unit_words")
 
 
-def proposal_options(params: Any) -> dict[str, str | None]:
-    """The proposal-shaping options, as strings: from a manifest's parameters (a dict: only the keys it
-    has, so a run written before keeps comparing) or from an ``ExtractOptions``."""
-    if isinstance(params, dict):
-        found = {k: params[k] for k in PROPOSAL_OPTIONS if k in params}
-    else:
-        found = {k: getattr(params, k) for k in PROPOSAL_OPTIONS if hasattr(params, k)}
+def proposal_options(params: dict[str, Any]) -> dict[str, str | None]:
+    """The proposal-shaping options of a run's parameters (``ExtractOptions`` as JSON), as strings; only
+    the keys present, so a manifest written before them keeps comparing on the rest."""
+    found = {k: params[k] for k in PROPOSAL_OPTIONS if k in params}
     return {k: None if v is None else str(v) for k, v in found.items()}
 
 
