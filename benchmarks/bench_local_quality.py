@@ -14,7 +14,9 @@ summary points with model prose and the share of prose sentences closest (MiniLM
 
 Answers come from the response cache when present (``--no-cache`` to time cold): a second run with
 another ``--min-confidence`` makes no model call. ``--dump FILE`` writes every proposal with its
-probability and whether the reference coder has that code on that turn.
+probability and whether the reference coder has that code on that turn. ``--also-yesno`` asks the yes/no
+check of every proposal as well and compares, on the same proposals, the AUC and threshold sweep of the
+token probability, of P(yes) and of their product (``--scoring both``); the dump then holds ``p_yes``.
 """
 
 from __future__ import annotations
@@ -120,6 +122,50 @@ def _prose_shares(results: list[TranscriptResult], codebook: Codebook) -> tuple[
     return len(prose) / max(1, len(points)), own / len(sentences), len(points), len(sentences)
 
 
+def _yes_probabilities(
+    extractor: Extractor, model: Any, transcripts: list[Transcript], proposals: list[Coding]
+) -> dict[int, float]:
+    """P(yes) of the yes/no check (``verify_turn``) for every proposal, keyed by ``id(coding)``."""
+    by_id = {t.id: t for t in transcripts}
+    out: dict[int, float] = {}
+    for c in proposals:
+        t = by_id[c.transcript_id]
+        segs = [s for ch in extractor._chunk(t, extractor.options.unit_tokens) for s in ch.coded_segments]
+        seg = next(s for s in segs if s.turn_index == c.turn_index and s.start <= c.start < s.start + len(s.text))
+        done = model.complete(extractor.verify_request(t, seg, c.code_id))
+        p = (done.choice_probs or {}).get("yes")
+        if p is not None:
+            out[id(c)] = float(p)
+    return out
+
+
+def _compare_scorings(
+    transcripts: list[Transcript], proposals: list[Coding], p_yes: dict[int, float],
+    right: list[tuple[Coding, bool]], human: list[Coding], codes: list[str], coder: str, reference: str,
+) -> None:
+    """AUC and threshold sweep of the token probability, P(yes), and their product, on the same proposals."""
+    scorings = {
+        "tokens": lambda c: c.probability,
+        "yes/no": lambda c: p_yes.get(id(c)),
+        "product": lambda c: None if c.probability is None or id(c) not in p_yes else c.probability * p_yes[id(c)],
+    }
+    print("\nscorings compared on the same proposals:  threshold kappa P R codings")
+    for name, score in scorings.items():
+        scored = [(score(c), ok) for c, ok in right if score(c) is not None]
+        a = auc([p for p, ok in scored if ok], [p for p, ok in scored if not ok])
+        print(f"  {name}: AUC {_f(a)}")
+        for th in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+            kept = [c for c in proposals if (score(c) is None) or score(c) >= th]
+            if not kept:
+                print(f"    {th:.1f} (no codings)")
+                continue
+            rep = _score(transcripts, kept, human, codes, coder, reference, 0)
+            pair = next((x for x in rep.pairs if {coder, reference} == {x.coder_a, x.coder_b}), None)
+            if pair is not None and kept:
+                m = pair.micro
+                print(f"    {th:.1f} {_f(m.kappa.value)} {_f(m.precision.value)} {_f(m.recall.value)} {len(kept)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("set", type=Path, help="the evaluation set's folder")
@@ -132,7 +178,7 @@ def main() -> None:
     ap.add_argument("--max-codes", default=None, help="codes an answer may get: N or auto (default: the library's)")
     ap.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                     help="yes/no verification of each proposal (default: the library's)")
-    ap.add_argument("--scoring", choices=["tokens", "yesno"], default=None, help="how probabilities are read")
+    ap.add_argument("--scoring", choices=["tokens", "yesno", "both"], default=None, help="how probabilities are read")
     ap.add_argument("--min-confidence", type=float, default=None, help="probability threshold (default: library's)")
     ap.add_argument("--summary", action="store_true", help="also write summaries and score their prose")
     ap.add_argument("--limit", type=int, default=0, help="only the first N transcripts")
@@ -140,6 +186,9 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--replay", type=Path, default=None, help="answer from these recordings (no model)")
     ap.add_argument("--dump", type=Path, default=None, help="write every proposal as JSON here")
+    ap.add_argument("--also-yesno", action="store_true",
+                    help="also ask the yes/no check of every proposal and compare the two probabilities and "
+                         "their product (one scoring request per proposal)")
     args = ap.parse_args()
 
     codebook_path, human_path, meta_path, paths = _set_files(args.set)
@@ -199,9 +248,15 @@ def main() -> None:
     probs = [(c.probability, ok) for c, ok in right if c.probability is not None]
     a = auc([p for p, ok in probs if ok], [p for p, ok in probs if not ok])
 
+    t1 = time.perf_counter()
+    p_yes = _yes_probabilities(extractor, model, transcripts, proposals) if args.also_yesno else {}
+    yes_seconds = time.perf_counter() - t1
     if args.dump:
         args.dump.write_text(json.dumps({
-            "proposals": [{**c.model_dump(mode="json"), "right": ok, "reported": c in machine} for c, ok in right],
+            "proposals": [
+                {**c.model_dump(mode="json"), "right": ok, "reported": c in machine, "p_yes": p_yes.get(id(c))}
+                for c, ok in right
+            ],
             "gold": sorted([list(g) for g in gold]),
             "turns": sum(r.n_coded_units for r in results),
         }, indent=1))
@@ -246,6 +301,13 @@ def main() -> None:
                 continue
             m = pair.micro
             print(f"  {th:.1f} {_f(m.kappa.value)} {_f(m.precision.value)} {_f(m.recall.value)} {len(kept)}")
+
+    if p_yes:
+        # Asked after all the coding, a check cannot reuse its answer's KV prefix as --scoring yesno/both
+        # does inline: time those with --no-cache --scoring both instead.
+        print(f"\nyes/no checks: {len(p_yes)} in {yes_seconds:.1f} s (after the coding, without its KV prefix; "
+              "answers from the cache count as free)")
+        _compare_scorings(transcripts, proposals, p_yes, right, human, codes, extractor.coder, reference)
 
     if args.summary:
         share, own, n_points, n_sent = _prose_shares(results, codebook)

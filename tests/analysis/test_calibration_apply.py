@@ -109,13 +109,17 @@ def test_a_calibration_for_another_setup_is_refused(coded: tuple[Path, Path, Pat
     with pytest.raises(ConfigError, match="prompt verify_turn") as err:
         calibrated_options(ExtractOptions(strategy="turn", **YESNO), other, cb, _model())
     assert "\n" not in str(err.value)
-    # Options that change the proposals (here: codes an answer may get, worked examples) must match too.
+    # Options that change the proposals or their scores (codes an answer may get, worked examples, scoring)
+    # must match too.
     assert json.loads(path.read_text(encoding="utf-8"))["validity"]["proposals"]["max_codes_per_unit"] == "2"
     calibrated_options(ExtractOptions(strategy="turn", **YESNO), path, cb, _model())
     with pytest.raises(ConfigError, match="option max_codes_per_unit"):
         calibrated_options(ExtractOptions(strategy="turn", max_codes_per_unit=3, **YESNO), path, cb, _model())
     with pytest.raises(ConfigError, match="option examples_sha256"):
         calibrated_options(ExtractOptions(strategy="turn", examples_sha256="ab" * 32, **YESNO), path, cb, _model())
+    # Thresholds on P(yes) mean nothing for another probability (the product of --scoring both).
+    with pytest.raises(ConfigError, match="option scoring"):
+        calibrated_options(ExtractOptions(strategy="turn", **{**YESNO, "scoring": "both"}), path, cb, _model())
 
 
 def test_repartition_drops_summary_points_of_codes_no_longer_reported(coded: tuple[Path, Path, Path]) -> None:

@@ -218,6 +218,29 @@ def test_verification_probability_splits_codings_from_candidates(sample_txt: Pat
     assert len(plain.codings) == 2 and all(c.probability is None for c in plain.codings)
 
 
+def test_both_scoring_multiplies_the_token_probability_by_p_yes(
+    sample_txt: Path, tiny_codebook_yaml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake backend writes no token log probabilities: every answered code reads 0.5 from its tokens.
+    monkeypatch.setattr(Extractor, "_answer_probabilities", lambda self, completion, n: [0.5] * n)
+
+    def scorer(r: ChatRequest) -> dict[str, float]:
+        code_line = r.messages[1].content.split("Check one code only:\n", 1)[1].splitlines()[0]
+        p = 0.2 if code_line.startswith("C_money") else 0.8
+        return {"yes": p, "no": 1 - p}
+
+    model = keyword_model(scorer=scorer)
+    both = ExtractOptions(strategy="turn", summary=False, scoring="both", min_confidence=0.3)
+    result = extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), model, both)
+    assert [(c.code_id, c.probability) for c in result.codings] == [("E_help", 0.4)]
+    assert [(c.code_id, c.probability) for c in result.candidates] == [("C_money", 0.1)]
+    coding = [r for r in model.requests if not r.choices]
+    assert coding and all(r.logprobs for r in coding)  # the same coding requests (cache keys) as "tokens"
+    # Without yes/no probabilities from the backend, the token probability alone decides.
+    alone = extract(load_transcript(sample_txt), Codebook.load(tiny_codebook_yaml), keyword_model(), both)
+    assert sorted((c.code_id, c.probability) for c in alone.codings) == [("C_money", 0.5), ("E_help", 0.5)]
+
+
 def test_max_codes_auto_grows_with_long_answers_only() -> None:
     from quallm.coding.extract import LONG_ANSWER_WORDS, codes_allowed, codes_guidance
 

@@ -293,7 +293,8 @@ def extract(
         typer.Option(
             "--scoring",
             help="tokens: read the probability from the coding answer's own tokens (no extra request); yesno: "
-            "ask a yes/no check per coding and read p(yes) (one more request each). See README 'Evaluation'.",
+            "ask a yes/no check per coding and read p(yes) (one more request each); both: their product. "
+            "See README 'Evaluation'.",
         ),
     ] = "tokens",
     min_confidence: Annotated[
@@ -352,8 +353,8 @@ def extract(
     from quallm.ingest.codebooks import load_codebook
     from quallm.run.runner import run_extraction
 
-    if scoring not in ("tokens", "yesno"):
-        _fail(f"--scoring must be tokens or yesno, not {scoring!r}")
+    if scoring not in ("tokens", "yesno", "both"):
+        _fail(f"--scoring must be tokens, yesno or both, not {scoring!r}")
     if strategy not in ("auto", "turn", "chunk"):
         _fail(f"--strategy must be auto, turn or chunk, not {strategy!r}")
     try:

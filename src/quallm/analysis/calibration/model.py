@@ -120,8 +120,9 @@ def validity_from_manifest(manifest: dict[str, Any]) -> Validity:
     )
 
 
-#: The ExtractOptions fields that decide which proposals a run makes (see Validity.proposals).
-PROPOSAL_OPTIONS = ("examples_sha256", "none_code", "max_codes_per_unit", "min_unit_words")
+#: The ExtractOptions fields that decide which proposals a run makes and how they are scored (see
+#: Validity.proposals).
+PROPOSAL_OPTIONS = ("examples_sha256", "none_code", "max_codes_per_unit", "min_unit_words", "scoring")
 
 
 def proposal_options(params: dict[str, Any]) -> dict[str, str | None]:
