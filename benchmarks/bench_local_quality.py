@@ -181,6 +181,8 @@ def main() -> None:
     ap.add_argument("--scoring", choices=["tokens", "yesno", "both"], default=None, help="how probabilities are read")
     ap.add_argument("--min-confidence", type=float, default=None, help="probability threshold (default: library's)")
     ap.add_argument("--summary", action="store_true", help="also write summaries and score their prose")
+    ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the library's, 0)")
+    ap.add_argument("--seed", type=int, default=None, help="sampling seed (several seeds and --dump: a vote)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N transcripts")
     ap.add_argument("--no-cache", action="store_true", help="answer every request afresh (to time it)")
     ap.add_argument("--bootstrap", type=int, default=1000)
@@ -221,6 +223,10 @@ def main() -> None:
         opts["verify"] = args.verify
     if args.scoring is not None:
         opts["scoring"] = args.scoring
+    if args.temperature is not None:
+        opts["temperature"] = args.temperature
+    if args.seed is not None:
+        opts["seed"] = args.seed
     if args.min_confidence is not None and "min_confidence" in fields:
         opts["min_confidence"] = args.min_confidence
     options = ExtractOptions(**opts)

@@ -411,3 +411,17 @@ def test_cli_min_themes_reaches_the_schema(corpus: Path, tmp_path: Path) -> None
         r = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "b"), "--min-themes", "1"])
         assert r.exit_code == 0, r.output
         assert themes_schema(srv.chat_requests[-1])["minItems"] == 1
+
+
+def test_every_theme_of_an_answer_is_accounted_for(corpus: Path, tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+    # Each answer gives its themes twice and one theme named only by its kind: the repeat is kept once
+    # and counted, the nameless one dropped and counted, so nothing the model said goes unrecorded.
+    def twice(request: ChatRequest) -> str:
+        themes = json.loads(theme_answer(request))["themes"]
+        quote = themes[0]["quote"] if themes else ""
+        return json.dumps({"themes": themes + themes + [{"quote": quote, "topic": "Challenge", "kind": "challenge"}]})
+
+    opts = DiscoverOptions(max_themes_per_chunk=20)
+    run_discovery([corpus], FakeModel(twice), tmp_path / "d", embedder, options=opts)
+    saved = json.loads((tmp_path / "d" / "candidates" / "la_a.r1.json").read_text())
+    assert len(saved["candidates"]) >= 1 and saved["repeated"] == len(saved["candidates"]) and saved["unnamed"] == 1

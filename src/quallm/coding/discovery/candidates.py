@@ -98,6 +98,7 @@ class CandidateSet(BaseModel):
     candidates: tuple[Candidate, ...] = ()
     ungrounded: tuple[Ungrounded, ...] = ()  # candidates whose quote is not in the transcript (dropped)
     unnamed: int = 0  # candidates labelled only with their kind ("Challenge"), dropped
+    repeated: int = 0  # candidates the model gave twice in one chunk (same name and quote), kept once
     failures: tuple[Failure, ...] = ()
     calls: int = 0
     usage: Usage = Usage()
@@ -117,7 +118,7 @@ def _generic(label: str, kinds: tuple[Category, ...] = DEFAULT_KINDS) -> bool:
     return " ".join(label.lower().split()).strip(" .:") in _GENERIC | own
 
 
-_Found = tuple[list[Candidate], list[Ungrounded], int, Usage, int]
+_Found = tuple[list[Candidate], list[Ungrounded], tuple[int, int], Usage, int]
 
 
 class CandidateFinder:
@@ -178,11 +179,12 @@ class CandidateFinder:
         return None
 
     def find(self, transcript: Transcript, chunk: Chunk, repeat: int) -> _Found:
-        """Candidates of one chunk: (candidates, ungrounded, unnamed, usage, attempts).
+        """Candidates of one chunk: (candidates, ungrounded, (unnamed, repeated), usage, attempts).
 
         A candidate whose quote is not in the interviewee's words of the chunk is dropped and
         returned as ungrounded: it is never reported as a quote. A theme with no real name ("Challenge")
-        is dropped and counted as unnamed.
+        is dropped and counted as unnamed; a theme given twice (same name and quote) is kept once and
+        counted as repeated, so every theme of the answer is accounted for.
         """
 
         ans, _, attempts, usage = ask(
@@ -193,7 +195,7 @@ class CandidateFinder:
         )
         out: list[Candidate] = []
         lost: list[Ungrounded] = []
-        generic = 0
+        generic = repeated = 0
         seen: set[tuple[str, int, int]] = set()
         names = [k.name for k in self.options.kinds]
         for t in ans.themes[: self.options.max_themes_per_chunk]:
@@ -208,6 +210,7 @@ class CandidateFinder:
                 lost.append(Ungrounded(code_id=label, quote=t.quote, where="discovery"))
                 continue
             if (label.lower(), quote.start, quote.end) in seen:  # the same theme twice (small models repeat)
+                repeated += 1
                 continue
             seen.add((label.lower(), quote.start, quote.end))
             out.append(
@@ -221,7 +224,7 @@ class CandidateFinder:
                     quotes=(quote,),
                 )
             )
-        return out, lost, generic, usage, attempts
+        return out, lost, (generic, repeated), usage, attempts
 
     def units(self, transcript: Transcript, repeat: int) -> list[tuple[str, Callable[[], _Found]]]:
         """The units of work for one transcript in one run, each with a name and a thunk."""
@@ -234,10 +237,10 @@ class CandidateFinder:
         candidates: list[Candidate] = []
         lost: list[Ungrounded] = []
         failures: list[Failure] = []
-        calls = p_tok = c_tok = unnamed = 0
+        calls = p_tok = c_tok = unnamed = repeated = 0
         for name, thunk in self.units(transcript, repeat):
             try:
-                found, ungrounded, generic, usage, attempts = thunk()
+                found, ungrounded, (generic, twice), usage, attempts = thunk()
             except ModelError as exc:
                 failures.append(Failure.from_error(name, exc))
                 calls += 1
@@ -248,6 +251,7 @@ class CandidateFinder:
             candidates.extend(found)
             lost.extend(ungrounded)
             unnamed += generic
+            repeated += twice
             calls += attempts
             p_tok += usage.prompt_tokens
             c_tok += usage.completion_tokens
@@ -258,6 +262,7 @@ class CandidateFinder:
             candidates=tuple(candidates),
             ungrounded=tuple(lost),
             unnamed=unnamed,
+            repeated=repeated,
             failures=tuple(failures),
             calls=calls,
             usage=Usage(prompt_tokens=p_tok, completion_tokens=c_tok),
