@@ -25,6 +25,7 @@ import argparse
 import json
 import re
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,23 @@ def _yes_probabilities(
     return out
 
 
+def _sweep(
+    transcripts: list[Transcript], proposals: list[Coding], score: Callable[[Coding], float | None],
+    thresholds: Sequence[float], human: list[Coding], codes: list[str], coder: str, reference: str, indent: str,
+) -> None:
+    """Print pooled kappa, P, R and the number of codings kept at each threshold of ``score`` (a proposal
+    without a score is always kept)."""
+    for th in thresholds:
+        kept = [c for c in proposals if (p := score(c)) is None or p >= th]
+        rep = _score(transcripts, kept, human, codes, coder, reference, 0) if kept else None
+        pair = next((x for x in rep.pairs if {coder, reference} == {x.coder_a, x.coder_b}), None) if rep else None
+        if pair is None:
+            print(f"{indent}{th:.1f} (no codings)")
+            continue
+        m = pair.micro
+        print(f"{indent}{th:.1f} {_f(m.kappa.value)} {_f(m.precision.value)} {_f(m.recall.value)} {len(kept)}")
+
+
 def _compare_scorings(
     transcripts: list[Transcript], proposals: list[Coding], p_yes: dict[int, float],
     right: list[tuple[Coding, bool]], human: list[Coding], codes: list[str], coder: str, reference: str,
@@ -154,16 +172,8 @@ def _compare_scorings(
         scored = [(score(c), ok) for c, ok in right if score(c) is not None]
         a = auc([p for p, ok in scored if ok], [p for p, ok in scored if not ok])
         print(f"  {name}: AUC {_f(a)}")
-        for th in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
-            kept = [c for c in proposals if (score(c) is None) or score(c) >= th]
-            if not kept:
-                print(f"    {th:.1f} (no codings)")
-                continue
-            rep = _score(transcripts, kept, human, codes, coder, reference, 0)
-            pair = next((x for x in rep.pairs if {coder, reference} == {x.coder_a, x.coder_b}), None)
-            if pair is not None and kept:
-                m = pair.micro
-                print(f"    {th:.1f} {_f(m.kappa.value)} {_f(m.precision.value)} {_f(m.recall.value)} {len(kept)}")
+        ths = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+        _sweep(transcripts, proposals, score, ths, human, codes, coder, reference, "    ")
 
 
 def main() -> None:
@@ -295,18 +305,8 @@ def main() -> None:
 
     if probs:
         print("\nthreshold sweep (pooled, machine vs reference):  threshold kappa P R codings")
-        for th in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-            kept = [c for c in proposals if c.probability is None or c.probability >= th]
-            if not kept:
-                print(f"  {th:.1f} (no codings)")
-                continue
-            rep = _score(transcripts, kept, human, codes, extractor.coder, reference, 0)
-            pair = next((x for x in rep.pairs if {extractor.coder, reference} == {x.coder_a, x.coder_b}), None)
-            if pair is None:
-                print(f"  {th:.1f} (no codings)")
-                continue
-            m = pair.micro
-            print(f"  {th:.1f} {_f(m.kappa.value)} {_f(m.precision.value)} {_f(m.recall.value)} {len(kept)}")
+        _sweep(transcripts, proposals, lambda c: c.probability, (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+               human, codes, extractor.coder, reference, "  ")
 
     if p_yes:
         # Asked after all the coding, a check cannot reuse its answer's KV prefix as --scoring yesno/both

@@ -502,7 +502,7 @@ class Extractor:
                     probability=prob,
                 )
             )
-        if self._wants_token_probs and self.options.scoring == "tokens":
+        if self.options.scoring == "tokens":  # yesno and both ask the checks (_verified splits)
             reported, candidates = self._split(codings)
             v_usage = Usage()
         else:
